@@ -1,0 +1,132 @@
+"""What every dataset format returns: splits of images with labels and per-sample metadata.
+
+A format is one small module with a function ``open(spec) -> Dataset`` registered under its
+name with :func:`register_format`.  Formats never run a model; they only say where images are
+and how to decode one.  ``open`` raises :class:`harness.errors.DataMissing` when the files are
+absent (the case then skips with that reason) and :class:`harness.errors.DataError` when they
+are present but wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from PIL import Image
+
+from harness.errors import HarnessError
+
+
+def decode_image(item: Any) -> Image.Image:
+    """Decode one image reference (a path, or encoded bytes / a uint8 array) to RGB PIL."""
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        img = Image.open(io.BytesIO(bytes(item)))
+    elif isinstance(item, np.ndarray):
+        img = Image.open(io.BytesIO(item.tobytes()))
+    else:
+        img = Image.open(item)
+    return img.convert("RGB")
+
+
+@dataclass
+class Split:
+    """One split of a dataset.
+
+    ``items[i]`` is whatever ``reader`` needs to produce image ``i`` (default: a path or encoded
+    bytes, decoded by :func:`decode_image`).  ``labels`` are integer class labels (classification,
+    attack: 1 = bona fide, 0 = attack) or ``None``.  ``meta`` carries format-specific per-sample
+    or per-split arrays (``issame`` for verification pairs, ``attack_type``, ``video_id``,
+    template/media ids, landmarks, ...).  ``fingerprint_parts`` must change whenever the decoded
+    images could change; by default it is built from the items (paths with size and mtime).
+    """
+
+    name: str
+    items: Sequence[Any]
+    labels: np.ndarray | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    reader: Callable[[Any], Image.Image] | None = None
+    fingerprint_parts: Sequence[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def load(self, i: int) -> Image.Image:
+        item = self.items[i]
+        return (self.reader or decode_image)(item)
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256()
+        h.update(self.name.encode())
+        if self.fingerprint_parts is not None:
+            for p in self.fingerprint_parts:
+                h.update(str(p).encode())
+                h.update(b"\0")
+        else:
+            for item in self.items:
+                h.update(item_fingerprint(item).encode())
+                h.update(b"\0")
+        if self.labels is not None:
+            h.update(np.ascontiguousarray(self.labels).tobytes())
+        return h.hexdigest()
+
+
+def item_fingerprint(item: Any) -> str:
+    """Path + size + mtime for files; a content hash for in-memory bytes."""
+    if isinstance(item, (bytes, bytearray, memoryview, np.ndarray)):
+        data = item.tobytes() if isinstance(item, np.ndarray) else bytes(item)
+        return hashlib.sha1(data).hexdigest()
+    path = os.fspath(item)
+    try:
+        st = os.stat(path)
+    except OSError:
+        return f"{path}|missing"
+    return f"{path}|{st.st_size}|{st.st_mtime_ns}"
+
+
+def file_fingerprint(path: str | os.PathLike) -> str:
+    """Fingerprint of one file on disk (path, size, mtime): for single-file formats."""
+    return item_fingerprint(os.fspath(path))
+
+
+@dataclass
+class Dataset:
+    """An opened dataset: its splits and, for classification, its class names."""
+
+    id: str
+    splits: dict[str, Split]
+    classnames: list[str] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def split(self, name: str) -> Split:
+        if name not in self.splits:
+            raise HarnessError(
+                f"dataset {self.id!r} has no split {name!r}; it has {sorted(self.splits)}"
+            )
+        return self.splits[name]
+
+
+# ---------------------------------------------------------------------------------- registry
+
+Opener = Callable[..., Dataset]
+_FORMATS: dict[str, tuple[Opener, tuple[str, ...]]] = {}
+
+
+def register_format(name: str, types: Sequence[str]):
+    """Decorator: register ``open(spec) -> Dataset`` as format ``name`` for dataset ``types``."""
+
+    def deco(fn: Opener) -> Opener:
+        _FORMATS[name] = (fn, tuple(types))
+        return fn
+
+    return deco
+
+
+def formats() -> dict[str, tuple[Opener, tuple[str, ...]]]:
+    from harness.data import _load_all  # noqa: F401  (imports every format module once)
+
+    _load_all()
+    return dict(_FORMATS)

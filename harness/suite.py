@@ -1,0 +1,457 @@
+"""Suite files: TOML -> plain dataclasses, validated before any model loads.
+
+Every structural mistake raises :class:`SuiteError` with one line naming the file, the table,
+the key and the expected form.  ``${VAR}`` in a string is expanded from the environment; an
+unset variable is *not* an error here: the spec remembers it (``missing_env``) and the cases that
+need the value skip with a reason naming the variable.  Relative paths resolve against the
+suite file's folder.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from harness.errors import SuiteError
+from harness.protocols import PROTOCOLS, Option
+
+DATASET_TYPES = ("classification", "verification", "ijb", "mad", "pad")
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.]*(?:-[A-Za-z0-9_.]+)*$")
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    rank: int | None = None
+    alpha: float | None = None
+    scaling: str | None = None  # "rslora" (alpha/sqrt(r)) or "standard" (alpha/r)
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    preset: str | None = None          # "clip", "imagenet", "half"
+    size: int | None = None
+    interpolation: str | None = None   # "bicubic", "bilinear", "nearest"
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    channel_order: str = "rgb"         # "rgb" or "bgr"
+    resize: str | None = None          # "shortest" (resize + centre crop) or "squash"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    id: str
+    arch: str
+    source: str
+    pretrained: str | None = None
+    label: str | None = None
+    checkpoint: str | None = None
+    checkpoint_format: str = "open_clip"
+    lora: LoraSpec = field(default_factory=LoraSpec)
+    head: str | None = None
+    score_polarity: str = "bonafide"
+    preprocess: PreprocessSpec = field(default_factory=PreprocessSpec)
+    baseline: str | None = None
+    missing_env: tuple[str, ...] = ()
+
+    @property
+    def display(self) -> str:
+        return self.label or self.id
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    id: str
+    type: str
+    format: str
+    root: str
+    source: str
+    protocols: tuple[str, ...]
+    label: str | None = None
+    prompts: str | None = None
+    download: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
+    missing_env: tuple[str, ...] = ()
+
+    @property
+    def display(self) -> str:
+        return self.label or self.id
+
+    def option(self, name: str) -> Any:
+        """The value of a protocol option, or its registered default."""
+        if name in self.options:
+            return self.options[name]
+        for p in self.protocols:
+            opt = PROTOCOLS[p].options.get(name)
+            if opt is not None:
+                return opt.default
+        raise KeyError(name)
+
+
+@dataclass(frozen=True)
+class Gate:
+    metric: str
+    protocol: str | None = None
+    model: str | None = None
+    dataset: str | None = None
+    min: float | None = None
+    max: float | None = None
+
+    def applies(self, protocol: str, model: str, dataset: str) -> bool:
+        return ((self.protocol in (None, protocol)) and (self.model in (None, model))
+                and (self.dataset in (None, dataset)))
+
+
+@dataclass(frozen=True)
+class Suite:
+    path: str
+    name: str
+    models: dict[str, ModelSpec]
+    datasets: dict[str, DatasetSpec]
+    gates: tuple[Gate, ...] = ()
+    description: str = ""
+
+    def cases(self) -> list[tuple[str, str, str]]:
+        """Every (protocol, model, dataset) the suite defines, in file order."""
+        out = []
+        for d in self.datasets.values():
+            for p in d.protocols:
+                for m in self.models:
+                    out.append((p, m, d.id))
+        return out
+
+
+# ------------------------------------------------------------------------------ validation
+
+class _Ctx:
+    def __init__(self, path: str, base: Path):
+        self.path = path
+        self.base = base
+
+    def err(self, table: str, key: str | None, msg: str) -> SuiteError:
+        where = f"[{table}]" + (f" {key}" if key else "")
+        return SuiteError(f"{self.path}: {where}: {msg}")
+
+
+def _type_name(v: Any) -> str:
+    return {bool: "boolean", int: "integer", float: "number", str: "string", list: "list",
+            dict: "table"}.get(type(v), type(v).__name__)
+
+
+def _check_type(ctx: _Ctx, table: str, key: str, value: Any, types: tuple[type, ...],
+                expected: str) -> Any:
+    ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+    if not ok and float in types and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not ok:
+        raise ctx.err(table, key, f"expected {expected}, got {_type_name(value)} {value!r}")
+    return value
+
+
+def _expand(value: str, missing: list[str]) -> str:
+    def sub(m: re.Match) -> str:
+        var = m.group(1)
+        if var in os.environ:
+            return os.environ[var]
+        missing.append(var)
+        return m.group(0)
+
+    return _ENV.sub(sub, value)
+
+
+def _path(ctx: _Ctx, value: str, missing: list[str]) -> str:
+    before = len(missing)
+    out = _expand(value, missing)
+    if len(missing) > before:
+        return out
+    out = os.path.expanduser(out)
+    if not os.path.isabs(out):
+        out = str((ctx.base / out).resolve())
+    return out
+
+
+def _is_path_like(value: str) -> bool:
+    return "/" in value or "${" in value or value.endswith((".pt", ".pth", ".bin", ".safetensors"))
+
+
+_MODEL_KEYS = {
+    "arch": "an open_clip model name, 'local-dir:PATH' or 'hf-hub:ORG/NAME'",
+    "pretrained": "an open_clip pretrained tag or a weights file",
+    "label": "a display name",
+    "checkpoint": "a path to fine-tuned weights",
+    "checkpoint_format": "'open_clip' or 'clip-lora'",
+    "lora": "a table {rank, alpha, scaling}",
+    "head": "a path to a binary task head",
+    "score_polarity": "'bonafide' or 'attack'",
+    "preprocess": "a table {preset, size, interpolation, mean, std, channel_order, resize}",
+    "baseline": "the id of another model in this suite",
+}
+_PREPROCESS_KEYS = {
+    "preset": ((str,), ("clip", "imagenet", "half")),
+    "size": ((int,), None),
+    "interpolation": ((str,), ("bicubic", "bilinear", "nearest")),
+    "mean": ((list,), None),
+    "std": ((list,), None),
+    "channel_order": ((str,), ("rgb", "bgr")),
+    "resize": ((str,), ("shortest", "squash")),
+}
+
+
+def _parse_model(ctx: _Ctx, mid: str, raw: Any) -> ModelSpec:
+    table = f"models.{mid}"
+    if not isinstance(raw, dict):
+        raise ctx.err("models", mid, f"expected a table [models.{mid}], got {_type_name(raw)}")
+    for k in raw:
+        if k not in _MODEL_KEYS:
+            raise ctx.err(table, k, f"unknown key; expected one of {', '.join(_MODEL_KEYS)}")
+    if "arch" not in raw:
+        raise ctx.err(table, "arch", "missing required key; expected " + _MODEL_KEYS["arch"])
+    missing: list[str] = []
+    kw: dict[str, Any] = {}
+    for k in ("arch", "pretrained", "label", "checkpoint", "head", "baseline"):
+        if k in raw:
+            kw[k] = _check_type(ctx, table, k, raw[k], (str,), _MODEL_KEYS[k])
+    arch = kw["arch"]
+    if arch.startswith("local-dir:"):
+        kw["arch"] = "local-dir:" + _path(ctx, arch[len("local-dir:"):], missing)
+    if "pretrained" in kw and _is_path_like(kw["pretrained"]):
+        kw["pretrained"] = _path(ctx, kw["pretrained"], missing)
+    for k in ("checkpoint", "head"):
+        if k in kw:
+            kw[k] = _path(ctx, kw[k], missing)
+    if "checkpoint_format" in raw:
+        v = _check_type(ctx, table, "checkpoint_format", raw["checkpoint_format"], (str,),
+                        _MODEL_KEYS["checkpoint_format"])
+        if v not in ("open_clip", "clip-lora"):
+            raise ctx.err(table, "checkpoint_format", f"expected 'open_clip' or 'clip-lora', got {v!r}")
+        kw["checkpoint_format"] = v
+    if "score_polarity" in raw:
+        v = _check_type(ctx, table, "score_polarity", raw["score_polarity"], (str,),
+                        _MODEL_KEYS["score_polarity"])
+        if v not in ("bonafide", "attack"):
+            raise ctx.err(table, "score_polarity", f"expected 'bonafide' or 'attack', got {v!r}")
+        kw["score_polarity"] = v
+    if "lora" in raw:
+        lo = _check_type(ctx, table, "lora", raw["lora"], (dict,), _MODEL_KEYS["lora"])
+        lt = f"{table}.lora"
+        for k in lo:
+            if k not in ("rank", "alpha", "scaling"):
+                raise ctx.err(lt, k, "unknown key; expected one of rank, alpha, scaling")
+        rank = _check_type(ctx, lt, "rank", lo["rank"], (int,), "a positive integer") if "rank" in lo else None
+        alpha = _check_type(ctx, lt, "alpha", lo["alpha"], (float,), "a number") if "alpha" in lo else None
+        scaling = lo.get("scaling")
+        if scaling is not None and scaling not in ("rslora", "standard"):
+            raise ctx.err(lt, "scaling", f"expected 'rslora' (alpha/sqrt(r)) or 'standard' (alpha/r), got {scaling!r}")
+        if rank is not None and rank <= 0:
+            raise ctx.err(lt, "rank", f"expected a positive integer, got {rank}")
+        kw["lora"] = LoraSpec(rank, alpha, scaling)
+    if kw.get("checkpoint_format") == "clip-lora":
+        lo = kw.get("lora", LoraSpec())
+        if lo.alpha is None or lo.scaling is None:
+            raise ctx.err(table, "lora", "checkpoint_format = 'clip-lora' needs lora = { alpha = ..., "
+                          "scaling = 'rslora' | 'standard' } (rank is read from the checkpoint)")
+        if "checkpoint" not in kw:
+            raise ctx.err(table, "checkpoint", "checkpoint_format = 'clip-lora' needs a checkpoint path")
+    if "preprocess" in raw:
+        pp = _check_type(ctx, table, "preprocess", raw["preprocess"], (dict,), _MODEL_KEYS["preprocess"])
+        pt = f"{table}.preprocess"
+        pkw: dict[str, Any] = {}
+        for k, v in pp.items():
+            if k not in _PREPROCESS_KEYS:
+                raise ctx.err(pt, k, f"unknown key; expected one of {', '.join(_PREPROCESS_KEYS)}")
+            types, choices = _PREPROCESS_KEYS[k]
+            v = _check_type(ctx, pt, k, v, types, "a list of 3 numbers" if types == (list,) else
+                            ("an integer" if types == (int,) else "a string"))
+            if choices and v not in choices:
+                raise ctx.err(pt, k, f"expected one of {', '.join(map(repr, choices))}, got {v!r}")
+            if k in ("mean", "std"):
+                if len(v) != 3 or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+                    raise ctx.err(pt, k, f"expected a list of 3 numbers, got {v!r}")
+                v = tuple(float(x) for x in v)
+            pkw[k] = v
+        kw["preprocess"] = PreprocessSpec(**pkw)
+    return ModelSpec(id=mid, source=ctx.path, missing_env=tuple(dict.fromkeys(missing)), **kw)
+
+
+_DATASET_KEYS = {
+    "type": "one of " + ", ".join(DATASET_TYPES),
+    "format": "a dataset format name",
+    "root": "the dataset's folder (or file)",
+    "protocols": "a list of protocol names",
+    "label": "a display name",
+    "prompts": "a classnames/templates key such as 'cifar10'",
+    "download": "a boolean",
+}
+
+
+def _parse_dataset(ctx: _Ctx, did: str, raw: Any) -> DatasetSpec:
+    table = f"datasets.{did}"
+    if not isinstance(raw, dict):
+        raise ctx.err("datasets", did, f"expected a table [datasets.{did}], got {_type_name(raw)}")
+    for k in ("type", "format", "root", "protocols"):
+        if k not in raw:
+            raise ctx.err(table, k, "missing required key; expected " + _DATASET_KEYS[k])
+    dtype = _check_type(ctx, table, "type", raw["type"], (str,), _DATASET_KEYS["type"])
+    if dtype not in DATASET_TYPES:
+        raise ctx.err(table, "type", f"expected one of {', '.join(DATASET_TYPES)}, got {dtype!r}")
+    protocols = _check_type(ctx, table, "protocols", raw["protocols"], (list,), _DATASET_KEYS["protocols"])
+    if not protocols:
+        raise ctx.err(table, "protocols", "expected at least one protocol")
+    for p in protocols:
+        if p not in PROTOCOLS:
+            raise ctx.err(table, "protocols", f"unknown protocol {p!r}; expected one of {', '.join(PROTOCOLS)}")
+        if dtype not in PROTOCOLS[p].types:
+            raise ctx.err(table, "protocols",
+                          f"protocol {p!r} does not fit type = {dtype!r}; it needs type "
+                          + " or ".join(repr(t) for t in PROTOCOLS[p].types))
+    if len(set(protocols)) != len(protocols):
+        raise ctx.err(table, "protocols", f"duplicate protocol in {protocols!r}")
+    allowed: dict[str, Option] = {}
+    for p in protocols:
+        allowed.update(PROTOCOLS[p].options)
+    options: dict[str, Any] = {}
+    for k, v in raw.items():
+        if k in _DATASET_KEYS:
+            continue
+        if k not in allowed:
+            expected = list(_DATASET_KEYS) + sorted(allowed)
+            raise ctx.err(table, k, f"unknown key for protocols {protocols}; expected one of {', '.join(expected)}")
+        opt = allowed[k]
+        v = _check_type(ctx, table, k, v, opt.types, opt.expected())
+        if opt.choices and v not in opt.choices:
+            raise ctx.err(table, k, f"expected {opt.expected()}, got {v!r}")
+        options[k] = v
+    missing: list[str] = []
+    fmt = _check_type(ctx, table, "format", raw["format"], (str,), _DATASET_KEYS["format"])
+    root = _path(ctx, _check_type(ctx, table, "root", raw["root"], (str,), _DATASET_KEYS["root"]), missing)
+    for k in ("classnames", "templates"):
+        if k in options:
+            options[k] = _path(ctx, options[k], missing)
+    kw: dict[str, Any] = {}
+    for k in ("label", "prompts"):
+        if k in raw:
+            kw[k] = _check_type(ctx, table, k, raw[k], (str,), _DATASET_KEYS[k])
+    if "download" in raw:
+        kw["download"] = _check_type(ctx, table, "download", raw["download"], (bool,), "a boolean")
+    return DatasetSpec(id=did, type=dtype, format=fmt, root=root, source=ctx.path,
+                       protocols=tuple(protocols), options=options,
+                       missing_env=tuple(dict.fromkeys(missing)), **kw)
+
+
+def _parse_gate(ctx: _Ctx, i: int, raw: Any, suite_models, suite_datasets) -> Gate:
+    table = f"gates[{i}]"
+    if not isinstance(raw, dict):
+        raise ctx.err("gates", None, f"expected [[gates]] tables, got {_type_name(raw)}")
+    allowed = ("metric", "protocol", "model", "dataset", "min", "max")
+    for k in raw:
+        if k not in allowed:
+            raise ctx.err(table, k, f"unknown key; expected one of {', '.join(allowed)}")
+    if "metric" not in raw:
+        raise ctx.err(table, "metric", "missing required key; expected a metric name such as 'acc1'")
+    if "min" not in raw and "max" not in raw:
+        raise ctx.err(table, "min", "a gate needs min and/or max (fractions in [0, 1], e.g. 0.6 for 60 %)")
+    kw: dict[str, Any] = {}
+    for k in ("metric", "protocol", "model", "dataset"):
+        if k in raw:
+            kw[k] = _check_type(ctx, table, k, raw[k], (str,), "a string")
+    for k in ("min", "max"):
+        if k in raw:
+            v = _check_type(ctx, table, k, raw[k], (float,), "a number")
+            if not 0.0 <= v <= 1.0:
+                raise ctx.err(table, k, f"expected a fraction in [0, 1] (e.g. 0.6 for 60 %), got {v}")
+            kw[k] = v
+    if kw.get("protocol") and kw["protocol"] not in PROTOCOLS:
+        raise ctx.err(table, "protocol", f"unknown protocol {kw['protocol']!r}; expected one of {', '.join(PROTOCOLS)}")
+    if kw.get("model") and kw["model"] not in suite_models:
+        raise ctx.err(table, "model", f"{kw['model']!r} names no model; expected one of {', '.join(suite_models)}")
+    if kw.get("dataset") and kw["dataset"] not in suite_datasets:
+        raise ctx.err(table, "dataset", f"{kw['dataset']!r} names no dataset; expected one of {', '.join(suite_datasets)}")
+    return Gate(**kw)
+
+
+def parse_suite(text: str, path: str = "<suite>", base: Path | None = None) -> Suite:
+    ctx = _Ctx(path, base if base is not None else Path(path).resolve().parent)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        # tomllib reports duplicate tables/keys as decode errors: keep its position info.
+        raise SuiteError(f"{path}: not valid TOML ({e}); a duplicate [models.X] or [datasets.X] "
+                         "table is reported here too") from None
+    for k in data:
+        if k not in ("suite", "models", "datasets", "gates"):
+            raise ctx.err(k, None, "unknown top-level table; expected [suite], [models.ID], "
+                          "[datasets.ID] or [[gates]]")
+    meta = data.get("suite", {})
+    if not isinstance(meta, dict):
+        raise ctx.err("suite", None, "expected a table")
+    for k in meta:
+        if k not in ("name", "description"):
+            raise ctx.err("suite", k, "unknown key; expected name or description")
+    models_raw = data.get("models", {})
+    datasets_raw = data.get("datasets", {})
+    if not isinstance(models_raw, dict) or not models_raw:
+        raise ctx.err("models", None, "expected at least one [models.ID] table")
+    if not isinstance(datasets_raw, dict) or not datasets_raw:
+        raise ctx.err("datasets", None, "expected at least one [datasets.ID] table")
+    for kind, raw in (("models", models_raw), ("datasets", datasets_raw)):
+        for ident in raw:
+            if not _ID.match(ident):
+                raise ctx.err(f"{kind}.{ident}", None,
+                              "ids use letters, digits, '_', '.' and single '-' between parts "
+                              "(they appear in test ids)")
+    models = {mid: _parse_model(ctx, mid, raw) for mid, raw in models_raw.items()}
+    datasets = {did: _parse_dataset(ctx, did, raw) for did, raw in datasets_raw.items()}
+    clash = set(models) & set(datasets)
+    if clash:
+        c = sorted(clash)[0]
+        raise ctx.err(f"datasets.{c}", None, f"duplicate id {c!r}: a model has it too; ids must be unique")
+    for m in models.values():
+        if m.baseline is not None:
+            if m.baseline not in models:
+                raise ctx.err(f"models.{m.id}", "baseline",
+                              f"{m.baseline!r} names no model; expected one of {', '.join(models)}")
+            if m.baseline == m.id:
+                raise ctx.err(f"models.{m.id}", "baseline", "a model cannot be its own baseline")
+    for d in datasets.values():
+        dev = d.options.get("dev")
+        if dev is not None and dev not in datasets:
+            raise ctx.err(f"datasets.{d.id}", "dev", f"{dev!r} names no dataset; expected one of {', '.join(datasets)}")
+        if d.options.get("threshold") == "dev-eer" and dev is None:
+            raise ctx.err(f"datasets.{d.id}", "dev", "threshold = 'dev-eer' needs dev = 'DATASET_ID'")
+    gates_raw = data.get("gates", [])
+    if not isinstance(gates_raw, list):
+        raise ctx.err("gates", None, "expected [[gates]] tables")
+    gates = tuple(_parse_gate(ctx, i, g, models, datasets) for i, g in enumerate(gates_raw))
+    name = meta.get("name") or Path(path).stem
+    return Suite(path=path, name=name, models=models, datasets=datasets, gates=gates,
+                 description=meta.get("description", ""))
+
+
+def load_suite(path: str | os.PathLike) -> Suite:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SuiteError(f"{p}: suite file not found") from None
+    return parse_suite(text, str(p), p.resolve().parent)
+
+
+def resolve_suite(name_or_path: str, suites_dir: str | os.PathLike) -> Path:
+    """``--suite NAME|PATH``: a bare name resolves to ``suites_dir/NAME.toml``."""
+    p = Path(name_or_path)
+    if p.suffix == ".toml" or os.sep in name_or_path or p.exists():
+        return p
+    cand = Path(suites_dir) / f"{name_or_path}.toml"
+    if not cand.exists():
+        avail = sorted(x.stem for x in Path(suites_dir).glob("*.toml"))
+        raise SuiteError(f"--suite {name_or_path}: no file {cand}; available suites: {', '.join(avail)}")
+    return cand
