@@ -19,5 +19,5 @@ def pytest_collection_modifyitems(config, items):
         return
     skip = pytest.mark.skip(reason="performance benchmark: run with --perf")
     for item in items:
-        if "perf" in item.keywords:
+        if "perf" in item.keywords or item.path.parent.name == "perf":
             item.add_marker(skip)
