@@ -425,8 +425,6 @@ def parse_suite(text: str, path: str = "<suite>", base: Path | None = None) -> S
         dev = d.options.get("dev")
         if dev is not None and dev not in datasets:
             raise ctx.err(f"datasets.{d.id}", "dev", f"{dev!r} names no dataset; expected one of {', '.join(datasets)}")
-        if d.options.get("threshold") == "dev-eer" and dev is None:
-            raise ctx.err(f"datasets.{d.id}", "dev", "threshold = 'dev-eer' needs dev = 'DATASET_ID'")
     gates_raw = data.get("gates", [])
     if not isinstance(gates_raw, list):
         raise ctx.err("gates", None, "expected [[gates]] tables")

@@ -59,6 +59,9 @@ class Split:
         return (self.reader or decode_image)(item)
 
     def fingerprint(self) -> str:
+        cached = self.__dict__.get("_fingerprint")
+        if cached is not None:
+            return cached
         h = hashlib.sha256()
         h.update(self.name.encode())
         if self.fingerprint_parts is not None:
@@ -71,7 +74,8 @@ class Split:
                 h.update(b"\0")
         if self.labels is not None:
             h.update(np.ascontiguousarray(self.labels).tobytes())
-        return h.hexdigest()
+        self.__dict__["_fingerprint"] = h.hexdigest()
+        return self.__dict__["_fingerprint"]
 
 
 def item_fingerprint(item: Any) -> str:

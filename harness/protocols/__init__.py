@@ -45,8 +45,9 @@ _ATTACK_OPTIONS = {
     "bona_fide_prompts": Option((list,), None, None, "text-scoring prompts for bona fide"),
     "attack_prompts": Option((list,), None, None, "text-scoring prompts for attacks"),
     "threshold": Option((str, float, int), "test-eer", None,
-                        "'dev-eer' (EER threshold of the `dev` dataset), 'test-eer', or a number"),
-    "dev": Option((str,), None, None, "dataset id whose EER threshold is applied ('dev-eer')"),
+                        "'dev-eer' (EER threshold of the development split), 'test-eer', or a number"),
+    "dev": Option((str,), None, None, "dataset id whose test split is the development set for "
+                  "'dev-eer' (default: this dataset's own 'dev' split)"),
     "video_average": Option((bool,), True, None, "average frame scores per video id"),
 }
 

@@ -1,0 +1,366 @@
+"""pytest plugin: options, markers, parametrization, grouping, results, report and gates.
+
+Registered through the ``pytest11`` entry point.  It imports neither torch nor open_clip: those
+load with the first model, so ``pytest --help`` and ``--collect-only`` stay fast.
+
+A benchmark is a test function named ``test_<protocol>`` that requests the ``harness_case``
+fixture; the plugin parametrizes it with one case per model x dataset of the suite whose
+dataset lists that protocol, with ids ``model-dataset`` and a marker per protocol plus
+``general`` or ``biometric``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import subprocess
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.errors import HarnessError
+from harness.protocols import PROTOCOLS
+from harness.results import CaseRecord, ResultStore, render_report
+from harness.suite import Suite, load_suite, resolve_suite
+
+CASE_PROP = "harness_case"        # user_properties: {"model", "dataset", "protocol"}
+METRICS_PROP = "harness_metrics"  # user_properties: {metric: float}
+DETAILS_PROP = "harness_details"  # user_properties: {key: plain value}
+LOAD_PROP = "harness_model_load"  # user_properties: model id, on the case that loaded it
+
+MARKERS = {
+    "zeroshot": "zero-shot classification with CLIP prompt ensembles",
+    "linear_probe": "logistic-regression linear probe on frozen image features",
+    "verification": "face verification, InsightFace 10-fold accuracy",
+    "ijb": "IJB-B / IJB-C template verification, TAR at FAR",
+    "mad": "morphing attack detection",
+    "pad": "presentation attack detection",
+    "general": "general-vision protocols (zeroshot, linear_probe)",
+    "biometric": "biometric protocols (verification, ijb, mad, pad)",
+}
+
+
+@dataclass(frozen=True)
+class CaseSpec:
+    protocol: str
+    model: str
+    dataset: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.model}-{self.dataset}"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    g = parser.getgroup("tradeoff-bench", "tradeoff-bench benchmark harness")
+    g.addoption("--suite", default="demo", metavar="NAME|PATH",
+                help="suite file; a bare name resolves to benchmarks/suites/NAME.toml (default: demo)")
+    g.addoption("--results-dir", default=None, metavar="DIR",
+                help="write DIR/results.json and DIR/report.md (default: results/<timestamp>)")
+    g.addoption("--feature-cache", default=None, metavar="DIR",
+                help="feature cache folder (default: $HARNESS_CACHE, else ~/.cache/tradeoff-bench)")
+    g.addoption("--refresh-features", action="store_true", default=False,
+                help="recompute cached features")
+    g.addoption("--device", default=None, metavar="cpu|cuda|cuda:N|mps",
+                help="device for the models (default: cuda, then mps, then cpu)")
+    g.addoption("--autocast", action="store_true", default=False,
+                help="bf16 autocast on GPU (always fp32 on CPU)")
+    g.addoption("--batch-size", type=int, default=None, metavar="N",
+                help="images per forward pass (default: 128 on CPU, 256 on GPU)")
+    g.addoption("--loader-workers", type=int, default=None, metavar="N",
+                help="DataLoader worker processes (default: automatic)")
+    g.addoption("--require-data", action="store_true", default=False,
+                help="fail, instead of skip, cases whose data or weights are absent")
+    g.addoption("--baseline", default=None, metavar="OLD/results.json",
+                help="compare against an earlier run's results (with --max-drop)")
+    g.addoption("--max-drop", type=float, default=None, metavar="POINTS",
+                help="fail cases that lost more than POINTS percentage points against --baseline")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name, desc in MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {desc}")
+    session = HarnessSession(config)
+    config.pluginmanager.register(session, "tradeoff-bench-session")
+    config.pluginmanager.import_plugin("fixtures")
+
+
+def feature_cache_dir(config: pytest.Config) -> Path:
+    opt = config.getoption("--feature-cache")
+    if opt:
+        return Path(opt).expanduser().resolve()
+    env = os.environ.get("HARNESS_CACHE")
+    if env:
+        return Path(env).expanduser().resolve()
+    return Path.home() / ".cache" / "tradeoff-bench"
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _git_commit(cwd: Path) -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def resolve_device(requested: str | None) -> str:
+    import torch
+
+    if requested:
+        return requested
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def _reason(report: pytest.TestReport) -> str:
+    lr = report.longrepr
+    if isinstance(lr, tuple) and len(lr) == 3:  # skip: (path, lineno, message)
+        msg = str(lr[2])
+        return msg[len("Skipped: "):] if msg.startswith("Skipped: ") else msg
+    crash = getattr(lr, "reprcrash", None)
+    if crash is not None and getattr(crash, "message", None):
+        return crash.message.strip()
+    text = report.longreprtext.strip() if hasattr(report, "longreprtext") else str(lr)
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    errs = [ln for ln in lines if ln.startswith("E ")]
+    return (errs[-1][1:].strip() if errs else (lines[-1] if lines else "")).strip()
+
+
+class HarnessSession:
+    """Per-process state of a harness run (the main process owns the results store)."""
+
+    def __init__(self, config: pytest.Config):
+        self.config = config
+        self.is_worker = hasattr(config, "workerinput")
+        self._suite: Suite | None = None
+        self._suite_error: str | None = None
+        self.store: ResultStore | None = None
+        self.started = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+        self.cache_dir = feature_cache_dir(config)
+        # The embedded demo builds its models and data here on first use.
+        os.environ.setdefault("HARNESS_DEMO", str(self.cache_dir / "demo-v1"))
+        self._phase: dict[str, CaseRecord] = {}
+        self.results_dir: Path | None = None
+
+    # ------------------------------------------------------------------ the suite
+    @property
+    def suite(self) -> Suite:
+        if self._suite is None:
+            suites_dir = Path(self.config.rootpath) / "benchmarks" / "suites"
+            try:
+                path = resolve_suite(self.config.getoption("--suite"), suites_dir)
+                self._suite = load_suite(path)
+            except HarnessError as e:
+                raise pytest.UsageError(str(e)) from None
+            self._check_ids(self._suite)
+        return self._suite
+
+    @staticmethod
+    def _check_ids(suite: Suite) -> None:
+        seen: dict[str, tuple[str, str]] = {}
+        for m in suite.models:
+            for d in suite.datasets:
+                cid = f"{m}-{d}"
+                if cid in seen and seen[cid] != (m, d):
+                    raise pytest.UsageError(
+                        f"{suite.path}: case id {cid!r} is ambiguous (model {seen[cid][0]!r} + "
+                        f"dataset {seen[cid][1]!r} vs model {m!r} + dataset {d!r}); rename one")
+                seen[cid] = (m, d)
+
+    def case_of_nodeid(self, nodeid: str) -> CaseSpec | None:
+        """Map a node id ``...::test_<protocol>[<model>-<dataset>]`` back to its case."""
+        name = nodeid.rsplit("::", 1)[-1]
+        if "[" not in name or not name.startswith("test_"):
+            return None
+        func, param = name[:-1].split("[", 1)
+        protocol = func[len("test_"):]
+        if protocol not in PROTOCOLS:
+            return None
+        for m in self.suite.models:
+            if param.startswith(m + "-") and param[len(m) + 1:] in self.suite.datasets:
+                return CaseSpec(protocol, m, param[len(m) + 1:])
+        return None
+
+    # ------------------------------------------------------------ parametrization
+    def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
+        if "harness_case" not in metafunc.fixturenames:
+            return
+        func = metafunc.function.__name__
+        protocol = func[len("test_"):]
+        if protocol not in PROTOCOLS:
+            raise pytest.UsageError(
+                f"{metafunc.definition.nodeid}: a harness benchmark must be named test_<protocol>, "
+                f"protocol one of {', '.join(PROTOCOLS)}")
+        suite = self.suite
+        group = PROTOCOLS[protocol].group
+        params = []
+        for d in suite.datasets.values():
+            if protocol not in d.protocols:
+                continue
+            for m in suite.models:
+                spec = CaseSpec(protocol, m, d.id)
+                params.append(pytest.param(spec, id=spec.id, marks=[
+                    getattr(pytest.mark, protocol), getattr(pytest.mark, group)]))
+        metafunc.parametrize("harness_case", params, indirect=True)
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, session, config, items: list[pytest.Item]) -> None:
+        """Stable sort of the harness cases by model (suite order), so that each model loads
+        once whatever order other plugins left; other tests keep their places."""
+        positions = [i for i, it in enumerate(items) if _case_of_item(it) is not None]
+        if not positions:
+            return
+        order = {m: i for i, m in enumerate(self.suite.models)}
+        cases = [items[i] for i in positions]
+        cases.sort(key=lambda it: order.get(_case_of_item(it).model, len(order)))
+        for i, it in zip(positions, cases):
+            items[i] = it
+            spec = _case_of_item(it)
+            it.user_properties.append((CASE_PROP, {"model": spec.model, "dataset": spec.dataset,
+                                                   "protocol": spec.protocol}))
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_make_scheduler(self, config, log):
+        from harness._xdist import ModelScheduling
+
+        return ModelScheduling(config, log, self)
+
+    # ------------------------------------------------------------------- results
+    def _ensure_store(self) -> ResultStore:
+        if self.store is None:
+            opt = self.config.getoption("--results-dir")
+            if opt:
+                rd = Path(opt).expanduser().resolve()
+            else:
+                stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+                rd = Path(self.config.invocation_params.dir) / "results" / stamp
+            self.results_dir = rd
+            suite = self.suite
+            run = {
+                "suite": suite.name,
+                "suite_file": str(suite.path),
+                "started": self.started,
+                "harness": _version("tradeoff-bench"),
+                "torch": _version("torch"),
+                "open_clip": _version("open_clip_torch"),
+                "device": self.config.getoption("--device") or "auto",
+                "git_commit": _git_commit(Path(self.config.rootpath)),
+            }
+            self.store = ResultStore(rd / "results.json", run,
+                                     {m.id: m.baseline for m in suite.models.values()})
+        return self.store
+
+    def _add_pending(self, nodeids: list[str]) -> None:
+        specs = [(n, self.case_of_nodeid(n)) for n in nodeids]
+        specs = [(n, s) for n, s in specs if s is not None]
+        if not specs:
+            return
+        store = self._ensure_store()
+        for n, s in specs:
+            store.add_pending(CaseRecord(s.model, s.dataset, s.protocol, nodeid=n))
+        store.write()
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        if not self.is_worker and not self._under_xdist():
+            self._add_pending([it.nodeid for it in session.items if _case_of_item(it)])
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node, ids) -> None:
+        self._add_pending(list(ids))
+
+    def _under_xdist(self) -> bool:
+        return bool(getattr(self.config.option, "numprocesses", None)) or \
+            bool(getattr(self.config.option, "dist", "no") not in ("no", None))
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if self.is_worker:
+            return
+        props = dict((k, v) for k, v in report.user_properties if isinstance(k, str))
+        meta = props.get(CASE_PROP)
+        if meta is None:
+            return
+        store = self._ensure_store()
+        key = (meta["protocol"], meta["model"], meta["dataset"])
+        rec = store.records.get(key) or CaseRecord(meta["model"], meta["dataset"], meta["protocol"])
+        rec.nodeid = report.nodeid
+        if report.when == "setup":
+            rec.seconds = 0.0
+            rec.status, rec.reason, rec.metrics, rec.details = "not run", None, {}, {}
+        rec.seconds = round(rec.seconds + float(report.duration), 3)
+        if LOAD_PROP in props and report.when == "setup":
+            store.count_load(props[LOAD_PROP])
+        if report.when == "setup":
+            if report.skipped:
+                rec.status, rec.reason = "skipped", _reason(report)
+            elif report.failed:
+                rec.status, rec.reason = "error", _reason(report)
+        elif report.when == "call":
+            rec.metrics = dict(props.get(METRICS_PROP) or {})
+            rec.details = dict(props.get(DETAILS_PROP) or {})
+            if report.passed:
+                rec.status, rec.reason = "passed", None
+            elif report.skipped:
+                rec.status, rec.reason = "skipped", _reason(report)
+            else:
+                rec.status, rec.reason = "failed", _reason(report)
+        elif report.when == "teardown" and report.failed and rec.status == "passed":
+            rec.status, rec.reason = "error", _reason(report)
+        store.update(rec)
+
+    # --------------------------------------------------------------------- report
+    def _report_text(self) -> str | None:
+        if self.store is None or not self.store.records:
+            return None
+        suite = self.suite
+        recs = list(self.store.records.values())
+        return render_report(
+            recs, {m.id: m.display for m in suite.models.values()},
+            {d.id: d.display for d in suite.datasets.values()},
+            {m.id: m.baseline for m in suite.models.values()},
+            title=f"Trade-off report: suite {suite.name}", run=self.store.run)
+
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        if self.is_worker or self.store is None:
+            return
+        self.store.write()
+        text = self._report_text()
+        if text and self.results_dir is not None:
+            from harness.results import _atomic_write
+
+            _atomic_write(self.results_dir / "report.md", text)
+
+    def pytest_terminal_summary(self, terminalreporter, exitstatus, config) -> None:
+        if self.is_worker or self.store is None:
+            return
+        text = self._report_text()
+        if not text:
+            return
+        terminalreporter.section("tradeoff-bench")
+        for line in text.splitlines():
+            terminalreporter.write_line(line)
+        if self.results_dir is not None:
+            terminalreporter.write_line(f"results: {self.results_dir / 'results.json'}")
+            terminalreporter.write_line(f"report:  {self.results_dir / 'report.md'}")
+
+
+def _case_of_item(item: pytest.Item) -> CaseSpec | None:
+    cs = getattr(item, "callspec", None)
+    if cs is None:
+        return None
+    spec = cs.params.get("harness_case")
+    return spec if isinstance(spec, CaseSpec) else None
