@@ -30,4 +30,4 @@ def test_linear_probe(harness_case):
         split_seed=case.option("split_seed"), device=case.h.device,
         n_classes=len(case.dataset.classnames or []) or None,
         n_images=len(train) + len(test))
-    case.record(metrics, n_train=len(train), n_test=len(test), **details)
+    case.record(metrics, **{"n_train": len(train), "n_test": len(test), **details})
