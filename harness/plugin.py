@@ -85,7 +85,11 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", f"{name}: {desc}")
     session = HarnessSession(config)
     config.pluginmanager.register(session, "tradeoff-bench-session")
-    config.pluginmanager.import_plugin("fixtures")
+    import fixtures as harness_fixtures  # not import_plugin: "fixtures" names pytest's own module
+
+    config.pluginmanager.register(harness_fixtures, "tradeoff-bench-fixtures")
+    if any(str(a).startswith("--suite") for a in config.invocation_params.args):
+        session.suite  # an explicitly chosen suite is validated up front: a usage error, exit 4
 
 
 def feature_cache_dir(config: pytest.Config) -> Path:
