@@ -53,11 +53,12 @@ protocols = ["zeroshot", "linear_probe"]
 def project(pytester, assets):
     shutil.copy(REPO / "benchmarks" / "test_general.py", pytester.path / "test_general.py")
 
-    def run(*args, suite=None, conftest=None):
+    def run(*args, suite=None, conftest=None, subprocess=False):
         (pytester.path / "suite.toml").write_text(suite or suite_text(assets))
         if conftest:
             (pytester.path / "conftest.py").write_text(conftest)
-        res = pytester.runpytest_subprocess(
+        runner = pytester.runpytest_subprocess if subprocess else pytester.runpytest_inprocess
+        res = runner(
             "test_general.py", "--suite", str(pytester.path / "suite.toml"),
             "--results-dir", str(pytester.path / "out"),
             "--feature-cache", str(pytester.path / "cache"), "-p", "no:cacheprovider", *args)
@@ -117,7 +118,7 @@ def test_markers_and_k_select(project):
 
 def test_xdist_gathers_results_and_loads_each_model_once(project):
     pytest.importorskip("xdist")
-    res, data = project("-n", "2", conftest=SHUFFLE)
+    res, data = project("-n", "2", conftest=SHUFFLE, subprocess=True)
     assert res.ret == 0, res.stdout.str()
     assert data["run"]["model_loads"] == {"alpha": 1, "beta": 1}
     assert len(data["cases"]) == 8 and set(statuses(data).values()) == {"passed"}
@@ -196,7 +197,7 @@ def pytest_runtest_logreport(report):
         if len(seen) == 3:
             os._exit(3)   # killed: no session finish, no report
 """
-    res, data = project("-p", "no:randomly", conftest=kill)
+    res, data = project(conftest=kill, subprocess=True)
     assert res.ret == 3
     st = list(statuses(data).values())
     assert st.count("passed") == 3 and st.count("not run") == 5
@@ -207,3 +208,4 @@ def test_bad_suite_is_a_usage_error(project, assets):
     assert res.ret == 4
     err = res.stderr.str()
     assert "[models.beta] baseline: 'gamma' names no model" in err and "Traceback" not in err
+    assert len([ln for ln in err.splitlines() if ln.strip()]) == 1
