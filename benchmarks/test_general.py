@@ -6,10 +6,14 @@ and ``general``).
 """
 
 from harness.data.prompts import classnames_for, templates_for
-from harness.protocols import linear_probe, zeroshot
+
+# Protocol modules import torch; they are imported inside the functions so that
+# `pytest --collect-only` stays fast.
 
 
 def test_zeroshot(harness_case):
+    from harness.protocols import zeroshot
+
     case = harness_case
     test = case.features("test")
     classnames = classnames_for(case.dataset_spec, case.dataset.classnames)
@@ -19,6 +23,8 @@ def test_zeroshot(harness_case):
 
 
 def test_linear_probe(harness_case):
+    from harness.protocols import linear_probe
+
     case = harness_case
     train = case.features("train")
     test = case.features("test")

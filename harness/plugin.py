@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import subprocess
+import sys
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -270,6 +271,8 @@ class HarnessSession:
         return self.store
 
     def _add_pending(self, nodeids: list[str]) -> None:
+        if self.config.option.collectonly:
+            return
         specs = [(n, self.case_of_nodeid(n)) for n in nodeids]
         specs = [(n, s) for n, s in specs if s is not None]
         if not specs:
@@ -341,6 +344,8 @@ class HarnessSession:
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         if self.is_worker or self.store is None:
             return
+        if self.store.run.get("device") == "auto" and "torch" in sys.modules:
+            self.store.run["device"] = resolve_device(None)  # what the cases resolved too
         self.store.write()
         text = self._report_text()
         if text and self.results_dir is not None:
