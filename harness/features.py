@@ -45,6 +45,7 @@ class Features:
     seconds: float = 0.0
     from_cache: bool = False
     key: str = ""
+    loader: dict = field(default_factory=dict)  # workers and model threads used (extraction)
 
     def __len__(self) -> int:
         return len(self.x)
@@ -113,12 +114,56 @@ class _ImageDataset:
             return torch.zeros(3, self.size, self.size), i, False
 
 
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
 def _num_workers(n_images: int, requested: int | None) -> int:
+    """Worker processes when the model is not on the CPU (decoding is then the only CPU work)."""
     if requested is not None:
         return max(0, requested)
     if n_images < 512:
         return 0  # worker start-up costs more than decoding a few hundred small images
-    return max(1, min(8, (os.cpu_count() or 2)))
+    return max(1, min(8, _cpus()))
+
+
+def plan_cpu_loader(decode_seconds: float, forward_seconds: float, cpus: int) -> tuple[int, int]:
+    """(DataLoader workers, model threads) that maximise throughput when decoding and the model
+    share ``cpus`` cores.
+
+    ``decode_seconds``: one image decoded + preprocessed on one core; ``forward_seconds``: one
+    image through the model with ``cpus`` threads.  With w workers the decoders deliver
+    w / decode_seconds images/s and the model, on the remaining cores, about
+    (cpus - w) / (cpus * forward_seconds); with no workers the two run in turn,
+    1 / (decode_seconds + forward_seconds).  Model threads never spin on cores the workers need
+    (idle OpenMP threads busy-wait and halve the decoders' speed).
+    """
+    best = (0, cpus)
+    best_rate = 1.0 / max(decode_seconds + forward_seconds, 1e-12)
+    for w in range(1, cpus + 1):
+        threads = max(1, cpus - w)
+        rate = min(w / max(decode_seconds, 1e-12), threads / max(cpus * forward_seconds, 1e-12))
+        if rate > best_rate * 1.05:  # a worker must pay for its start-up
+            best, best_rate = (w, threads), rate
+    return best
+
+
+def _probe_costs(model, ds, k: int = 8) -> tuple[float, float]:
+    """Measure decode + preprocess (one core) and forward (per image) on the first k images."""
+    import torch
+
+    k = min(k, len(ds))
+    t0 = time.perf_counter()
+    batch = torch.stack([ds[i][0] for i in range(k)])
+    decode = (time.perf_counter() - t0) / k
+    model.encode_image(batch)  # warm-up
+    t0 = time.perf_counter()
+    model.encode_image(batch)
+    forward = (time.perf_counter() - t0) / k
+    return decode, forward
 
 
 def extract(model, split, flip: bool = False, batch_size: int = 128,
@@ -129,8 +174,16 @@ def extract(model, split, flip: bool = False, batch_size: int = 128,
 
     pre = model.preprocess
     ds = _ImageDataset(split, pre.transform(), pre.size)
-    workers = _num_workers(len(ds), num_workers)
     on_cuda = str(model.device).startswith("cuda")
+    threads_before = torch.get_num_threads()
+    threads = threads_before
+    if num_workers is None and str(model.device) == "cpu" and len(ds) >= 512:
+        cpus = _cpus()
+        workers, threads = plan_cpu_loader(*_probe_costs(model, ds), cpus)
+    else:
+        workers = _num_workers(len(ds), num_workers)
+        if str(model.device) == "cpu" and workers:
+            threads = max(1, _cpus() - workers)
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
                         pin_memory=on_cuda, persistent_workers=False,
                         prefetch_factor=4 if workers else None)
@@ -143,22 +196,26 @@ def extract(model, split, flip: bool = False, batch_size: int = 128,
         bar = tqdm(total=len(ds), unit="img", desc=f"features {model.id}/{split.name}",
                    leave=False, dynamic_ncols=True)
     t0 = time.perf_counter()
-    with torch.inference_mode():
-        for images, idx, ok in loader:
-            if flip:
-                both = torch.cat([images, images.flip(-1)], 0)
-                f = model.encode_image(both)
-                f = f[: len(images)] + f[len(images):]
-            else:
-                f = model.encode_image(images)
-            f = f.cpu().numpy()
-            if out is None:
-                out = np.zeros((len(ds), f.shape[1]), dtype=np.float32)
-            idx = idx.numpy()
-            out[idx] = f
-            valid[idx] = ok.numpy().astype(bool)
-            if bar is not None:
-                bar.update(len(idx))
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            for images, idx, ok in loader:
+                if flip:
+                    both = torch.cat([images, images.flip(-1)], 0)
+                    f = model.encode_image(both)
+                    f = f[: len(images)] + f[len(images):]
+                else:
+                    f = model.encode_image(images)
+                f = f.cpu().numpy()
+                if out is None:
+                    out = np.zeros((len(ds), f.shape[1]), dtype=np.float32)
+                idx = idx.numpy()
+                out[idx] = f
+                valid[idx] = ok.numpy().astype(bool)
+                if bar is not None:
+                    bar.update(len(idx))
+    finally:
+        torch.set_num_threads(threads_before)
     if bar is not None:
         bar.close()
     seconds = time.perf_counter() - t0
@@ -167,7 +224,8 @@ def extract(model, split, flip: bool = False, batch_size: int = 128,
     out[~valid] = 0.0
     bad = [str(split.items[i]) if isinstance(split.items[i], (str, os.PathLike)) else f"#{i}"
            for i in np.flatnonzero(~valid)]
-    return Features(out, split.labels, valid, bad, seconds, False)
+    return Features(out, split.labels, valid, bad, seconds, False,
+                    loader={"workers": workers, "threads": threads})
 
 
 # -------------------------------------------------------------------------------- cache

@@ -136,3 +136,17 @@ def test_unreadable_images_are_counted_and_over_one_percent_fail(tmp_path):
         check_unreadable(f, "demo/test")
     with pytest.raises(DataError, match="pair protocols cannot skip images"):
         f.require_all_readable("faces/test")
+
+
+def test_cpu_loader_plan():
+    from harness.features import plan_cpu_loader
+
+    # decoder-bound (tiny model): every core decodes, the model gets one thread
+    assert plan_cpu_loader(decode_seconds=8e-4, forward_seconds=1e-5, cpus=2) == (2, 1)
+    # model-bound (ViT at 224 px): decoding in turn with the model beats stealing its cores
+    assert plan_cpu_loader(decode_seconds=0.01, forward_seconds=0.1, cpus=2) == (0, 2)
+    # many cores, balanced costs: a few workers, the rest for the model
+    w, t = plan_cpu_loader(decode_seconds=0.004, forward_seconds=0.001, cpus=16)
+    assert 1 <= w < 16 and t == 16 - w
+    rate = min(w / 0.004, t / (16 * 0.001))
+    assert rate >= 1 / (0.004 + 0.001)
