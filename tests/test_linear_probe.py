@@ -1,0 +1,272 @@
+"""Linear probe: the ``clip`` variant against scikit-learn, the search, the carve-out, the
+``clip-benchmark`` variant, determinism and input errors."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from harness.protocols import linear_probe as lp
+
+sklearn_lm = pytest.importorskip("sklearn.linear_model")
+threadpoolctl = pytest.importorskip("threadpoolctl")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small problems: one thread for torch and for scikit-learn's pools (no OpenMP stalls)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpoolctl.threadpool_limits(1):
+        yield
+    torch.set_num_threads(before)
+
+
+def gaussian_classes(seed, n_classes, dim, sizes, sep):
+    """Seeded class means ~ N(0, sep^2 I) plus unit noise; one (x, y) pair per size."""
+    rng = np.random.default_rng(seed)
+    means = rng.normal(size=(n_classes, dim)) * sep
+    out = []
+    for n in sizes:
+        y = rng.integers(0, n_classes, n)
+        out.append(((means[y] + rng.normal(size=(n, dim))).astype(np.float32), y))
+    return out
+
+
+@pytest.fixture(scope="module")
+def problem():
+    # 20 classes, 32 dims, 30 train samples a class: the regularisation matters.
+    return gaussian_classes(0, 20, 32, (600, 300, 2000), 0.6)
+
+
+def sklearn_clip_probe(train, val, test):
+    """The CLIP-paper search done with scikit-learn, on the features the clip probe sees."""
+    (xtr, ytr), (xva, yva), (xte, yte) = train, val, test
+    xall = np.concatenate([xtr, xva]).astype(np.float64)
+    mu, sd = xall.mean(0), xall.std(0)
+    z = lambda a: (a - mu) / sd  # noqa: E731
+
+    def fit(C, x, y):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return sklearn_lm.LogisticRegression(C=C, solver="lbfgs", max_iter=1000).fit(x, y)
+
+    best, history = lp.peak_search(
+        len(lp.C_GRID), lambda i: fit(lp.C_GRID[i], z(xtr), ytr).score(z(xva), yva))
+    clf = fit(lp.C_GRID[best], z(xall), np.concatenate([ytr, yva]))
+    return float(lp.C_GRID[best]), clf.score(z(xte), yte), history
+
+
+def test_clip_variant_matches_sklearn(problem):
+    train, val, test = problem
+    metrics, details = lp.evaluate(*train, *test, *val)
+    C_ref, acc_ref, history_ref = sklearn_clip_probe(train, val, test)
+    step = np.log10(lp.C_GRID[1] / lp.C_GRID[0])  # 1/8 decade
+    assert abs(np.log10(details["C"]) - np.log10(C_ref)) <= step + 1e-9
+    assert abs(metrics["acc1"] - acc_ref) <= 0.003
+    assert metrics["acc1"] > 0.5  # chance is 0.05: a real problem, not a degenerate one
+    assert details["val_split"] == "given" and details["n_val"] == 300
+    assert details["final_converged"]
+    assert len(details["search"]) == len(history_ref) <= 7 + 2 * 4
+
+
+def test_fit_logistic_matches_sklearn_solution():
+    (x, y), = gaussian_classes(3, 20, 32, (800,), 0.5)
+    for C in (1e-3, 0.1, 10.0):
+        W, b, info = lp.fit_logistic(x, y, C)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ref = sklearn_lm.LogisticRegression(C=C, max_iter=1000).fit(x, y)
+
+        def objective(W, b):
+            z = x.astype(np.float64) @ W + b
+            z -= z.max(1, keepdims=True)
+            ce = np.log(np.exp(z).sum(1)) - z[np.arange(len(y)), y]
+            return ce.sum() + 0.5 / C * np.sum(np.asarray(W, np.float64) ** 2)
+
+        assert info["converged"]
+        # both stop at max|grad| <= 1e-4 of the averaged objective: values agree to that order
+        assert objective(W, b) == pytest.approx(objective(ref.coef_.T, ref.intercept_),
+                                                rel=1e-3)
+        agree = np.mean((x @ W + b).argmax(1) == ref.predict(x))
+        assert agree >= 0.99
+
+
+def test_fit_logistic_class_without_samples_never_wins():
+    (x, y), = gaussian_classes(4, 5, 8, (200,), 1.0)
+    y = np.where(y == 2, 0, y)
+    W, b, _ = lp.fit_logistic(x, y, 1.0, n_classes=5)
+    assert W.shape == (8, 5) and b.shape == (5,)
+    assert b[2] == -np.inf and not np.any((x @ W + b).argmax(1) == 2)
+
+
+def test_peak_search_finds_the_peak_with_few_evaluations():
+    calls = []
+
+    def score(i):
+        calls.append(i)
+        return -abs(i - 37)
+
+    best, history = lp.peak_search(97, score)
+    assert best == 37
+    assert len(calls) == len(set(calls)) == len(history) <= 7 + 8
+    assert calls[:7] == [0, 16, 32, 48, 64, 80, 96]
+
+
+def test_peak_search_ties():
+    flat = lambda i: 1.0  # noqa: E731
+    assert lp.peak_search(97, flat, ties="incumbent")[0] == 0
+    # CLIP_benchmark: strict '>' over [left, best, right]: a tied left neighbour wins
+    plateau = lambda i: 1.0 if 40 <= i <= 60 else 0.0  # noqa: E731
+    assert lp.peak_search(97, plateau, ties="incumbent")[0] == 48
+    assert lp.peak_search(97, plateau, ties="first")[0] == 40
+    with pytest.raises(ValueError, match="ties"):
+        lp.peak_search(97, flat, ties="last")
+
+
+def test_peak_search_batch_sees_each_stage_at_once():
+    stages = []
+
+    def batch(indices):
+        stages.append(list(indices))
+        return [-abs(i - 37) for i in indices]
+
+    best, history = lp.peak_search(97, batch=batch)
+    assert best == 37 == lp.peak_search(97, lambda i: -abs(i - 37))[0]
+    assert stages[0] == [0, 16, 32, 48, 64, 80, 96]
+    assert all(len(s) <= 2 for s in stages[1:]) and len(stages) == 5
+    assert [i for i, _ in history] == [i for s in stages for i in s]
+    with pytest.raises(ValueError, match="exactly one"):
+        lp.peak_search(97)
+
+
+def test_objective_survives_probability_underflow():
+    # logits 300 apart: float32 softmax gives exactly 0 for the true class of row 0
+    X = torch.tensor([[1.0, 1.0], [1.0, 1.0]])          # one feature and the bias column
+    y = torch.tensor([0, 1])
+    obj = lp._SoftmaxObjective(X, y, 2)
+    theta = torch.tensor([0.0, 300.0, 0.0, 0.0])        # W = [0, 300], b = [0, 0]
+    f, g = obj.start(theta)
+    z = np.array([[0.0, 300.0], [0.0, 300.0]])
+    ce = np.log(np.exp(z - 300).sum(1)) + 300 - z[[0, 1], [0, 1]]
+    assert np.isfinite(f) and f == pytest.approx(ce.mean(), rel=1e-6)
+    assert torch.all(torch.isfinite(g))
+
+
+def test_chains_give_the_same_result_on_one_or_two_threads(monkeypatch):
+    # big enough (n * d * k >= 2**24) that the probe does not force one thread
+    (x, y), (xv, yv), (xt, yt) = gaussian_classes(7, 70, 64, (4000, 1000, 500), 0.3)
+    assert 5000 * 65 * 70 >= lp._SMALL_PROBLEM
+    pools = []
+    real_pool = lp.concurrent.futures.ThreadPoolExecutor
+
+    def spy(*args, **kwargs):
+        pools.append(args)
+        return real_pool(*args, **kwargs)
+
+    monkeypatch.setattr(lp.concurrent.futures, "ThreadPoolExecutor", spy)
+    torch.set_num_threads(2)
+    try:
+        a = lp.evaluate(x, y, xt, yt, xv, yv)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
+    assert pools, "the two chains did not run side by side"
+    n_pools = len(pools)
+    b = lp.evaluate(x, y, xt, yt, xv, yv)
+    assert len(pools) == n_pools  # one thread: the chains ran one after the other
+    assert a[0] == b[0] and a[1]["search"] == b[1]["search"] and a[1]["C"] == b[1]["C"]
+
+
+def test_carve_is_deterministic_and_stratified():
+    rng = np.random.default_rng(0)
+    y = np.concatenate([np.repeat(np.arange(10), rng.integers(2, 40, 10)), [10]])  # 10: single
+    rng.shuffle(y)
+    tr, va = lp.carve_validation(y, 0.2, seed=5)
+    tr2, va2 = lp.carve_validation(y, 0.2, seed=5)
+    assert np.array_equal(tr, tr2) and np.array_equal(va, va2)
+    assert not np.array_equal(va, lp.carve_validation(y, 0.2, seed=6)[1])
+    assert np.array_equal(np.sort(np.concatenate([tr, va])), np.arange(y.size))
+    assert np.all(np.diff(tr) > 0) and np.all(np.diff(va) > 0)
+    for c in range(10):
+        n_c = int(np.sum(y == c))
+        assert np.sum(y[va] == c) == min(int(np.floor(0.2 * n_c + 0.5)), n_c - 1)
+        assert np.sum(y[tr] == c) >= 1
+    assert 10 in y[tr] and 10 not in y[va]
+    assert lp.carve_validation(y, 0.0)[1].size == 0
+    with pytest.raises(ValueError, match="val_fraction"):
+        lp.carve_validation(y, 1.0)
+
+
+def test_carve_is_used_when_no_validation_split_given(problem):
+    (xtr, ytr), _, (xte, yte) = problem
+    m1, d1 = lp.evaluate(xtr, ytr, xte, yte, val_fraction=0.25, split_seed=3)
+    tr, va = lp.carve_validation(ytr, 0.25, 3)
+    m2, d2 = lp.evaluate(xtr[tr], ytr[tr], xte, yte, xtr[va], ytr[va])
+    assert d1["val_split"] == "carved" and d1["n_val"] == va.size
+    assert m1 == m2 and d1["C"] == d2["C"]
+
+
+def test_clip_variant_is_deterministic(problem):
+    train, val, test = problem
+    a = lp.evaluate(*train, *test, *val)
+    b = lp.evaluate(*train, *test, *val)
+    drop = lambda d: {k: v for k, v in d.items() if k != "seconds"}  # noqa: E731
+    assert a[0] == b[0] and drop(a[1]) == drop(b[1])
+    assert all(type(v) is float for v in a[0].values())
+
+
+def test_clip_benchmark_variant_beats_chance_and_repeats():
+    (x, y), (xt, yt) = gaussian_classes(1, 10, 16, (400, 400), 1.0)
+    m, d = lp.evaluate(x, y, xt, yt, variant="clip-benchmark")
+    assert m["acc1"] >= 0.85  # chance: 0.1
+    assert d["variant"] == "clip-benchmark" and d["weight_decay"] in lp.WD_GRID
+    assert d["val_split"] == "carved" and len(d["search"]) == d["n_fits"] - 1
+    m2, d2 = lp.evaluate(x, y, xt, yt, variant="clip-benchmark")
+    assert m2 == m and d2["weight_decay"] == d["weight_decay"]
+
+
+def test_without_validation_the_defaults_apply():
+    (x, y), (xt, yt) = gaussian_classes(2, 6, 8, (120, 60), 1.0)
+    _, d = lp.evaluate(x, y, xt, yt, val_fraction=0.0)
+    assert d["val_split"] == "none" and d["C"] == 1.0 and d["n_fits"] == 1
+    _, d = lp.evaluate(x, y, xt, yt, val_fraction=0.0, variant="clip-benchmark")
+    assert d["weight_decay"] == 0.0 and d["n_fits"] == 1
+
+
+def test_top5_follows_the_class_count():
+    (x, y), (xt, yt) = gaussian_classes(2, 4, 8, (120, 60), 1.0)
+    m, _ = lp.evaluate(x, y, xt, yt)
+    assert set(m) == {"acc1", "mean_per_class_recall"}
+    m, _ = lp.evaluate(x, y, xt, yt, n_classes=5)
+    assert set(m) == {"acc1", "acc5", "mean_per_class_recall"} and m["acc5"] == 1.0
+
+
+def test_input_errors():
+    (x, y), (xt, yt) = gaussian_classes(2, 4, 8, (40, 20), 1.0)
+    with pytest.raises(ValueError, match="variant"):
+        lp.evaluate(x, y, xt, yt, variant="svm")
+    with pytest.raises(ValueError, match="val_x and val_y"):
+        lp.evaluate(x, y, xt, yt, val_x=xt)
+    with pytest.raises(ValueError, match=r"(?=.*\b3\b)(?=.*n_classes is 3)"):
+        lp.evaluate(x, y, xt, yt, n_classes=3)
+    with pytest.raises(ValueError, match=r"(?=.*\b7\b)(?=.*\b8\b)"):
+        lp.evaluate(x, y, xt[:, :7], yt)
+    with pytest.raises(ValueError, match="NaN"):
+        lp.evaluate(np.full_like(x, np.nan), y, xt, yt)
+    with pytest.raises(ValueError, match="labels"):
+        lp.evaluate(x, y[:-1], xt, yt)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_clip_variant_on_cuda_matches_cpu(problem):
+    train, val, test = problem
+    m_cpu, d_cpu = lp.evaluate(*train, *test, *val)
+    m_gpu, d_gpu = lp.evaluate(*train, *test, *val, device="cuda")
+    assert abs(np.log10(d_gpu["C"]) - np.log10(d_cpu["C"])) <= 1 / 8 + 1e-9
+    assert abs(m_gpu["acc1"] - m_cpu["acc1"]) <= 0.003
+    m_b, _ = lp.evaluate(*train, *test, *val, variant="clip-benchmark", device="cuda")
+    assert m_b["acc1"] > 0.5
