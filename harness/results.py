@@ -279,6 +279,33 @@ def detail_table(records: list[CaseRecord], protocol: str, dataset: str, models:
     return _table(headers, _fmt_rows(rows))
 
 
+MAD_COLUMNS = ("eer", "apcer@bpcer=0.01", "apcer@bpcer=0.1", "apcer@bpcer=0.2",
+               "bpcer@apcer=0.01", "bpcer@apcer=0.1", "bpcer@apcer=0.2")
+
+
+def method_table(records: list[CaseRecord], protocol: str, dataset: str, models: dict[str, str],
+                 metrics: tuple[str, ...] = MAD_COLUMNS) -> str | None:
+    """Per attack method (``metric[method]`` keys) and their average, per model: the study's
+    MAD table (EER, APCER@BPCER 1/10/20 %, BPCER@APCER 1/10/20 %)."""
+    rows = []
+    for m in models:
+        rec = next((r for r in records if r.protocol == protocol and r.dataset == dataset
+                    and r.model == m and r.status == "passed"), None)
+        if rec is None:
+            continue
+        methods = sorted({k.split("[", 1)[1][:-1] for k in rec.metrics
+                          if "[" in k and k.split("[", 1)[0] == metrics[0]})
+        if not methods:
+            continue
+        for meth in methods:
+            rows.append([_esc(models[m]), _esc(meth)] + [rec.metrics.get(f"{k}[{meth}]") for k in metrics])
+        rows.append([_esc(models[m]), "average"] + [rec.metrics.get(k) for k in metrics])
+    if not rows:
+        return None
+    headers = ["Model", "Method"] + [f"{_esc(k)} {_arrow(k)}" for k in metrics]
+    return _table(headers, _fmt_rows(rows))
+
+
 def render_report(records: list[CaseRecord], models: dict[str, str], datasets: dict[str, str],
                   baselines: dict[str, str | None], title: str = "Trade-off report",
                   run: dict[str, Any] | None = None) -> str:
@@ -299,6 +326,9 @@ def render_report(records: list[CaseRecord], models: dict[str, str], datasets: d
                 dt = detail_table(records, p, d, models)
                 if dt:
                     parts += [f"### {p} — {_esc(datasets[d])} (%)", "", dt, ""]
+                mt = method_table(records, p, d, models) if p == "mad" else None
+                if mt:
+                    parts += [f"### {p} — {_esc(datasets[d])} per method (%)", "", mt, ""]
     counts: dict[str, int] = {}
     for r in records:
         counts[r.status] = counts.get(r.status, 0) + 1

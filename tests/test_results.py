@@ -120,3 +120,18 @@ def test_report_lists_problems_with_reasons():
     assert "## zeroshot — acc1 ↑ (%)" in text
     assert "1 passed, 1 skipped" in text
     assert "| zeroshot[a-y] | skipped | dataset 'y' needs ${D} |" in text
+
+
+def test_mad_method_table_rows_per_method_and_average():
+    from harness.results import method_table
+
+    m = {"eer": 0.2, "eer[opencv]": 0.1, "eer[webmorph]": 0.3, "apcer@bpcer=0.01": 0.5,
+         "apcer@bpcer=0.01[opencv]": 0.4, "apcer@bpcer=0.01[webmorph]": 0.6}
+    recs = [CaseRecord("mad-b16", "mad22", "mad", status="passed", metrics=m)]
+    t = method_table(recs, "mad", "mad22", {"mad-b16": "MADation"},
+                     metrics=("eer", "apcer@bpcer=0.01"))
+    lines = t.splitlines()
+    assert [c.strip() for c in lines[0].split("|")[1:-1]] == ["Model", "Method", "eer ↓", "apcer@bpcer=0.01 ↓"]
+    body = [[c.strip() for c in ln.split("|")[1:-1]] for ln in lines[2:]]
+    assert body == [["MADation", "opencv", "10.00", "40.00"], ["MADation", "webmorph", "30.00", "60.00"],
+                    ["MADation", "average", "20.00", "50.00"]]
