@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from harness._io import atomic_write
 from harness.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -231,18 +231,7 @@ def extract(model, split, flip: bool = False, batch_size: int = 128,
 # -------------------------------------------------------------------------------- cache
 
 def _atomic_save(path: Path, **arrays: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write(path, lambda f: np.savez(f, **arrays), binary=True)
 
 
 class FeatureCache:

@@ -18,7 +18,6 @@ import sys
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -349,9 +348,9 @@ class HarnessSession:
         self.store.write()
         text = self._report_text()
         if text and self.results_dir is not None:
-            from harness.results import _atomic_write
+            from harness.results import write_text_atomic
 
-            _atomic_write(self.results_dir / "report.md", text)
+            write_text_atomic(self.results_dir / "report.md", text)
 
     def pytest_terminal_summary(self, terminalreporter, exitstatus, config) -> None:
         if self.is_worker or self.store is None:

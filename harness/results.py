@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from harness._io import atomic_write
 from harness.protocols import PROTOCOLS, lower_is_better
 
 STATUSES = ("passed", "failed", "skipped", "error", "not run")
@@ -45,19 +45,8 @@ class CaseRecord:
         return d
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+def write_text_atomic(path: Path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text))
 
 
 # ------------------------------------------------------------------------- matrix + GELO
@@ -151,7 +140,7 @@ class ResultStore:
     def write(self) -> None:
         if self.path is None:
             return
-        _atomic_write(self.path, json.dumps(_plain(self.to_json()), indent=2) + "\n")
+        write_text_atomic(self.path, json.dumps(_plain(self.to_json()), indent=2) + "\n")
 
 
 def _plain(x: Any) -> Any:

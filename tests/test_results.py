@@ -1,10 +1,8 @@
 """Trade-off matrix, GELO, results store and report rendering."""
 
 import json
-import random
-
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from harness.results import (CaseRecord, ResultStore, average, gelo, gelo_table, load_results,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -111,6 +112,22 @@ class Dataset:
                 f"dataset {self.id!r} has no split {name!r}; it has {sorted(self.splits)}"
             )
         return self.splits[name]
+
+
+def dataset_root(spec, layout: str, kind: str = "folder") -> tuple[Path, str]:
+    """``(root, where)`` of a dataset whose root must be an existing folder (or file).
+
+    ``where`` names the suite file, table and key for messages; an absent root raises
+    :class:`~harness.errors.DataMissing` with the expected layout.
+    """
+    from harness.errors import DataMissing
+
+    root = Path(spec.root)
+    where = f"{spec.source}: [datasets.{spec.id}] root = {root}"
+    exists = root.is_file() if kind == "file" else root.is_dir()
+    if not exists:
+        raise DataMissing(f"{where}: {kind} not found; expected {layout}")
+    return root, where
 
 
 # ---------------------------------------------------------------------------------- registry

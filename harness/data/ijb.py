@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.data.align import ALIGNED_SIZE, ARCFACE_TEMPLATE_112, FivePointAligner
-from harness.data.base import Dataset, Split, file_fingerprint, item_fingerprint, register_format
+from harness.data.base import Dataset, Split, dataset_root, file_fingerprint, item_fingerprint, register_format
 from harness.errors import DataError, DataMissing
 
 SETS = ("ijbb", "ijbc")
@@ -120,10 +120,7 @@ def read_pairs(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 @register_format("ijb", types=("ijb",))
 def open_ijb(spec) -> Dataset:
-    root = Path(spec.root)
-    where = f"[datasets.{spec.id}] root = {root}"
-    if not root.is_dir():
-        raise DataMissing(f"{where}: folder not found; expected {LAYOUT}")
+    root, where = dataset_root(spec, LAYOUT)
     prefix = detect_set(root)
     files = meta_files(root / "meta", prefix)
     crops = root / "loose_crop"

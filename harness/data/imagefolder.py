@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from harness.data.base import Dataset, Split, register_format
+from harness.data.base import Dataset, Split, dataset_root, register_format
 from harness.errors import DataError, DataMissing
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
@@ -87,10 +87,7 @@ def check_same_classes(reference: Path, ref_classes: Sequence[str], other: Path,
 
 @register_format("imagefolder", types=("classification",))
 def open_imagefolder(spec) -> Dataset:
-    root = Path(spec.root)
-    where = f"[datasets.{spec.id}] root = {root}"
-    if not root.is_dir():
-        raise DataMissing(f"{where}: folder not found; expected {LAYOUT}")
+    root, where = dataset_root(spec, LAYOUT)
     test = root / "test"
     if not test.is_dir():
         raise DataMissing(f"{where}: no test/ folder; expected {LAYOUT}")

@@ -29,13 +29,12 @@ from __future__ import annotations
 
 import os
 import pickle
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from harness.data.base import Dataset, Split, file_fingerprint, register_format
-from harness.errors import DataError, DataMissing, UnsafePickleError
+from harness.data.base import Dataset, Split, dataset_root, file_fingerprint, register_format
+from harness.errors import DataError, UnsafePickleError
 
 LAYOUT = "root = the .bin file: a pickle of (bins, issame) with 2N encoded images and N bools"
 
@@ -278,10 +277,7 @@ def read_pack(path: str | os.PathLike) -> tuple[list[bytes], np.ndarray]:
 
 @register_format("insightface-bin", types=("verification",))
 def open_insightface_bin(spec) -> Dataset:
-    path = Path(spec.root)
-    where = f"[datasets.{spec.id}] root = {path}"
-    if not path.is_file():
-        raise DataMissing(f"{where}: file not found; {LAYOUT}")
+    path, where = dataset_root(spec, LAYOUT, kind="file")
     images, issame = read_pack(path)
     split = Split("test", images, None, meta={"issame": issame},
                   fingerprint_parts=["insightface-bin", file_fingerprint(path)])

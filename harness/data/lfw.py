@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.data.base import Dataset, Split, file_fingerprint, item_fingerprint, register_format
+from harness.data.base import Dataset, Split, dataset_root, file_fingerprint, item_fingerprint, register_format
 from harness.errors import DataError, DataMissing
 
 LAYOUT = ("root/pairs.txt (View 2) and images root/lfw/<name>/<name>_0001.jpg "
@@ -88,10 +88,7 @@ def image_folder(root: Path) -> Path:
 
 @register_format("lfw-pairs", types=("verification",))
 def open_lfw_pairs(spec) -> Dataset:
-    root = Path(spec.root)
-    where = f"[datasets.{spec.id}] root = {root}"
-    if not root.is_dir():
-        raise DataMissing(f"{where}: folder not found; expected {LAYOUT}")
+    root, where = dataset_root(spec, LAYOUT)
     pairs_file = root / "pairs.txt"
     if not pairs_file.is_file():
         raise DataMissing(f"{where}: no pairs.txt; expected {LAYOUT}")
