@@ -18,7 +18,7 @@ DEFAULT_PROMPTS = {
 def test_verification(harness_case):
     case = harness_case
     flip = case.option("flip")
-    feats = case.features("test", flip=flip, drop_unreadable=False)
+    feats = case.features("test", flip=flip, unreadable="refuse")
     issame = case.dataset.split("test").meta["issame"]
     metrics = case.measure(verification.evaluate, feats.x, issame, n_folds=case.option("n_folds"),
                            n_images=len(feats))
@@ -28,7 +28,7 @@ def test_verification(harness_case):
 def test_ijb(harness_case):
     case = harness_case
     meta = case.dataset.split("test").meta
-    feats = case.features("test", flip=case.option("flip"), drop_unreadable=False)
+    feats = case.features("test", flip=case.option("flip"), unreadable="refuse")
     metrics, details = case.measure(
         ijb.evaluate, feats.x, meta["template_id"], meta["media_id"], meta["faceness"],
         meta["pairs"], meta["pair_label"], far_rule=case.option("far_rule"),
@@ -43,7 +43,7 @@ def _scores(case, split, dataset=None):
     Returns (scores, labels, attack_types, video_ids) over the readable images."""
     ds = dataset or case.dataset
     sp = ds.split(split)
-    f = case.features(split, dataset=ds, drop_unreadable=False)
+    f = case.features(split, dataset=ds, unreadable="keep")
     keep = f.valid
     x = f.x[keep]
     mode = case.option("scoring")

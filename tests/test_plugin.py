@@ -209,3 +209,19 @@ def test_bad_suite_is_a_usage_error(project, assets):
     err = res.stderr.str()
     assert "[models.beta] baseline: 'gamma' names no model" in err and "Traceback" not in err
     assert len([ln for ln in err.splitlines() if ln.strip()]) == 1
+
+
+def test_unreadable_images_fail_only_their_cases_with_one_line(project, assets, tmp_path):
+    bad = tmp_path / "digits-bad"
+    shutil.copytree(assets / "digits2", bad)
+    victim = sorted((bad / "test" / "3").iterdir())[0]
+    victim.write_bytes(b"this is no png")
+    res, data = project("-m", "zeroshot", suite=suite_text(assets, digits2_root=bad))
+    assert res.ret == 1
+    by = {(c["model"], c["dataset"]): c for c in data["cases"]}
+    for m in ("alpha", "beta"):
+        assert by[m, "digits"]["status"] == "passed"
+        c = by[m, "digits2"]
+        assert c["status"] == "failed"
+        assert "1 of 20 images unreadable" in c["reason"] and str(victim) in c["reason"]
+    assert "Traceback" not in res.stdout.str()
