@@ -308,8 +308,10 @@ class HarnessSession:
             rec.seconds = 0.0
             rec.status, rec.reason, rec.metrics, rec.details = "not run", None, {}, {}
         rec.seconds = round(rec.seconds + float(report.duration), 3)
-        if LOAD_PROP in props and report.when == "setup":
-            store.count_load(props[LOAD_PROP])
+        if report.when == "teardown":  # the last report holds every property of the case
+            for k, v in report.user_properties:
+                if k == LOAD_PROP:
+                    store.count_load(v)
         if report.when == "setup":
             if report.skipped:
                 rec.status, rec.reason = "skipped", _reason(report)

@@ -102,9 +102,10 @@ def test_grouped_single_load_per_model_shuffled_and_report(project, pytester):
     report = (pytester.path / "out" / "report.md").read_text()
     assert "## zeroshot — acc1 ↑ (%)" in report and "| Avg" in report.replace("|   Avg", "| Avg")
     assert "tradeoff-bench" in res.stdout.str() and "## linear_probe" in res.stdout.str()
-    # a second run reads features from the cache: no image goes through a network again
+    # a second run reads features and text classifiers from the cache: no network is built
     res2, data2 = project()
     assert res2.ret == 0
+    assert data2["run"]["model_loads"] == {}
     assert [c["metrics"] for c in data2["cases"]] == [c["metrics"] for c in data["cases"]]
 
 

@@ -52,22 +52,60 @@ class Head:
 
 
 class LoadedModel:
-    """An open_clip model on a device, with its preprocessing and optional head."""
+    """An open_clip model on a device, with its preprocessing and optional head.
 
-    def __init__(self, spec: ModelSpec, model: Any, tokenizer: Callable, preprocess: Preprocess,
-                 device: str, fingerprint: str, head: Head | None = None, autocast: bool = False):
+    With a ``factory`` the network is built on first use (``model``/``tokenizer``/``encode_*``):
+    a run whose features and text classifiers are all cached never builds it.  ``on_load``
+    is called with the model id when the network is built.
+    """
+
+    def __init__(self, spec: ModelSpec, model: Any, tokenizer: Callable | None,
+                 preprocess: Preprocess, device: str, fingerprint: str, head: Head | None = None,
+                 autocast: bool = False, factory: Callable[[], "LoadedModel"] | None = None,
+                 on_load: Callable[[str], None] | None = None):
         self.spec = spec
-        self.model = model
-        self.tokenizer = tokenizer
+        self._model = model
+        self._tokenizer = tokenizer
         self.preprocess = preprocess
         self.device = device
         self.fingerprint = fingerprint      # weights identity (image and text towers)
         self.head = head
         self.autocast = autocast
+        self._factory = factory
+        self._error: Exception | None = None
+        self.on_load = on_load
 
     @property
     def id(self) -> str:
         return self.spec.id
+
+    @property
+    def is_built(self) -> bool:
+        return self._model is not None
+
+    @property
+    def model(self):
+        if self._model is None and self._factory is not None:
+            if self._error is not None:
+                raise self._error
+            try:
+                built = self._factory()
+            except ModelError as e:
+                self._error = e
+                raise
+            if built.preprocess != self.preprocess:
+                raise ModelError(f"{self.spec.source}: [models.{self.id}]: the cached model "
+                                 f"description is stale (preprocessing {built.preprocess} != "
+                                 f"{self.preprocess}); rerun with --refresh-features")
+            self._model, self._tokenizer, self._factory = built._model, built._tokenizer, None
+            if self.on_load is not None:
+                self.on_load(self.id)
+        return self._model
+
+    @property
+    def tokenizer(self):
+        self.model  # noqa: B018 - builds the network (and its tokenizer) when lazy
+        return self._tokenizer
 
     def _ctx(self):
         import contextlib
@@ -99,7 +137,7 @@ class LoadedModel:
         """Drop the weights and return GPU memory before the next model loads."""
         import torch
 
-        self.model = None
+        self._model = self._tokenizer = self._factory = None
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -351,6 +389,51 @@ def load_model(spec: ModelSpec, device: str = "cpu", autocast: bool = False) -> 
     model.eval().to(device)
     pre = build_preprocess(spec.preprocess, _open_clip_preprocess_cfg(model))
     return LoadedModel(spec, model, tokenizer, pre, device, weights_fingerprint(spec), head, autocast)
+
+
+def open_model(spec: ModelSpec, device: str, autocast: bool, cache_dir, on_load=None
+               ) -> LoadedModel:
+    """A model whose network is built only when needed.
+
+    The preprocessing (which, with the weights' fingerprint, keys the cached features) is
+    remembered under ``cache_dir/models/`` the first time the model is built; later runs read it
+    and defer building the network until something is not in the cache.  ``on_load`` is called
+    whenever the network is built.
+    """
+    from dataclasses import asdict
+    from importlib import metadata
+    from pathlib import Path
+
+    from harness._io import atomic_write
+
+    fp = weights_fingerprint(spec)
+    try:
+        oc = metadata.version("open_clip_torch")
+    except metadata.PackageNotFoundError:  # pragma: no cover
+        oc = "?"
+    key = hashlib.sha256(f"{fp}|{spec.preprocess}|open_clip={oc}".encode()).hexdigest()[:24]
+    path = Path(cache_dir) / "models" / f"{key}.json"
+    desc = None
+    if path.is_file():
+        try:
+            desc = json.loads(path.read_text(encoding="utf-8"))
+            pre = desc["preprocess"]
+            pre = Preprocess(**{**pre, "mean": tuple(pre["mean"]), "std": tuple(pre["std"])})
+        except (OSError, ValueError, KeyError, TypeError):
+            desc = None  # unreadable description: build the model and write it again
+    if desc is None:
+        model = load_model(spec, device, autocast)
+        model.on_load = on_load
+        embed = getattr(getattr(model.model, "visual", None), "output_dim", None)
+        text = json.dumps({"model": spec.id, "preprocess": asdict(model.preprocess),
+                           "embed_dim": embed})
+        atomic_write(path, lambda f: f.write(text))
+        if on_load is not None:
+            on_load(spec.id)
+        return model
+    head = load_head(spec, desc.get("embed_dim")) if spec.head else None
+    return LoadedModel(spec, None, None, pre, device, fp, head, autocast,
+                       factory=lambda: load_model(spec, device, autocast), on_load=on_load)
 
 
 def _load_open_clip_checkpoint(spec: ModelSpec, model) -> None:
