@@ -156,8 +156,10 @@ class HarnessSession:
         self.store: ResultStore | None = None
         self.started = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
         self.cache_dir = feature_cache_dir(config)
-        # The embedded demo builds its models and data here on first use.
-        os.environ.setdefault("HARNESS_DEMO", str(self.cache_dir / "demo-v1"))
+        # The embedded demo builds its models and data here on first use: ${HARNESS_DEMO} in a
+        # suite, unless the environment sets it (not written to os.environ, so that processes
+        # started from this one pick their own default from their own --feature-cache).
+        self.demo_dir = Path(os.environ.get("HARNESS_DEMO") or self.cache_dir / "demo-v1")
         self._phase: dict[str, CaseRecord] = {}
         self.results_dir: Path | None = None
 
@@ -168,7 +170,7 @@ class HarnessSession:
             suites_dir = Path(self.config.rootpath) / "benchmarks" / "suites"
             try:
                 path = resolve_suite(self.config.getoption("--suite"), suites_dir)
-                self._suite = load_suite(path)
+                self._suite = load_suite(path, {"HARNESS_DEMO": str(self.demo_dir)})
             except HarnessError as e:
                 raise pytest.UsageError(str(e)) from None
             self._check_ids(self._suite)

@@ -133,9 +133,10 @@ class Suite:
 # ------------------------------------------------------------------------------ validation
 
 class _Ctx:
-    def __init__(self, path: str, base: Path):
+    def __init__(self, path: str, base: Path, defaults: dict[str, str] | None = None):
         self.path = path
         self.base = base
+        self.variables = {**(defaults or {}), **os.environ}  # the environment wins
 
     def err(self, table: str, key: str | None, msg: str) -> SuiteError:
         where = f"[{table}]" + (f" {key}" if key else "")
@@ -157,11 +158,11 @@ def _check_type(ctx: _Ctx, table: str, key: str, value: Any, types: tuple[type, 
     return value
 
 
-def _expand(value: str, missing: list[str]) -> str:
+def _expand(value: str, missing: list[str], variables: dict[str, str]) -> str:
     def sub(m: re.Match) -> str:
         var = m.group(1)
-        if var in os.environ:
-            return os.environ[var]
+        if var in variables:
+            return variables[var]
         missing.append(var)
         return m.group(0)
 
@@ -170,7 +171,7 @@ def _expand(value: str, missing: list[str]) -> str:
 
 def _path(ctx: _Ctx, value: str, missing: list[str]) -> str:
     before = len(missing)
-    out = _expand(value, missing)
+    out = _expand(value, missing, ctx.variables)
     if len(missing) > before:
         return out
     out = os.path.expanduser(out)
@@ -378,8 +379,10 @@ def _parse_gate(ctx: _Ctx, i: int, raw: Any, suite_models, suite_datasets) -> Ga
     return Gate(**kw)
 
 
-def parse_suite(text: str, path: str = "<suite>", base: Path | None = None) -> Suite:
-    ctx = _Ctx(path, base if base is not None else Path(path).resolve().parent)
+def parse_suite(text: str, path: str = "<suite>", base: Path | None = None,
+                defaults: dict[str, str] | None = None) -> Suite:
+    """Parse a suite; ``defaults`` are values for ``${VAR}`` that the environment can override."""
+    ctx = _Ctx(path, base if base is not None else Path(path).resolve().parent, defaults)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -434,13 +437,13 @@ def parse_suite(text: str, path: str = "<suite>", base: Path | None = None) -> S
                  description=meta.get("description", ""))
 
 
-def load_suite(path: str | os.PathLike) -> Suite:
+def load_suite(path: str | os.PathLike, defaults: dict[str, str] | None = None) -> Suite:
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise SuiteError(f"{p}: suite file not found") from None
-    return parse_suite(text, str(p), p.resolve().parent)
+    return parse_suite(text, str(p), p.resolve().parent, defaults)
 
 
 def resolve_suite(name_or_path: str, suites_dir: str | os.PathLike) -> Path:

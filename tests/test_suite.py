@@ -148,3 +148,13 @@ def test_shipped_suites_parse():
             assert m.baseline is None and m.pretrained == "openai"
         else:
             assert m.baseline in ("clip-b16", "clip-l14")
+
+
+def test_defaults_for_variables_yield_to_the_environment(monkeypatch):
+    text = GOOD.replace('root = "data/digits"', 'root = "${TB_DEMO}/digits"')
+    monkeypatch.delenv("TB_DEMO", raising=False)
+    s = parse_suite(text, "/suites/s.toml", Path("/suites"), defaults={"TB_DEMO": "/cache/demo"})
+    assert s.datasets["digits"].root == "/cache/demo/digits" and s.datasets["digits"].missing_env == ()
+    monkeypatch.setenv("TB_DEMO", "/elsewhere")
+    s = parse_suite(text, "/suites/s.toml", Path("/suites"), defaults={"TB_DEMO": "/cache/demo"})
+    assert s.datasets["digits"].root == "/elsewhere/digits"
