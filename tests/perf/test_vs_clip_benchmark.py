@@ -35,14 +35,12 @@ Setup (all offline, CPU):
   ``protocols = ["zeroshot", "linear_probe"]`` (default ``clip`` probe); warm = same
   ``--feature-cache`` again.
 
-Measured 2026-11-27 on the 2-core AMD EPYC CI box (torch 2.14.1, open_clip 3.3.0,
-clip_benchmark 1.6.2): harness 12.7 s cold / 10.2 s warm, CLIP_benchmark 24.8 s / 21.4 s
-(``--num_workers 0``), ratios 1.96 / 2.10 -> the goal FAILS (cold just, warm far); with
-``--num_workers 2`` CLIP_benchmark took 75 s / 79 s and the goal held (5.5 / 8.1).  Zero-shot
-acc1 identical (0.1995); probe acc1 0.698 vs 0.5635.  The harness's warm run is mostly fixed
-cost (imports + pytest ~5 s, model load and text tower ~3 s, the C search ~3.6 s), so 5x warm
-needs CLIP_benchmark's warm run to cost >= 5x that floor, which it does only when its
-zero-shot re-extraction is large (a bigger model or test set).
+Measured 2026-11-27 on the 2-core AMD EPYC development VM (torch 2.14.1, open_clip 3.3.0,
+clip_benchmark 1.6.2), after the harness started building networks only when something is not
+cached: harness 13.0 s cold / 7.2 s warm, CLIP_benchmark 24.2 s / 21.8 s (``--num_workers 0``),
+ratios 1.87 / 3.02 -> the goal FAILS; with ``--num_workers 2`` CLIP_benchmark took 75 s / 79 s
+(5.5 / 8.1).  Zero-shot acc1 identical (0.1995); probe acc1 0.698 vs 0.5645.  The harness's
+warm run is mostly fixed cost (imports + pytest ~3 s, the C search 3.6 s).
 """
 
 from __future__ import annotations
