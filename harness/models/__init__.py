@@ -460,7 +460,3 @@ _CHECKPOINT_FORMATS: dict[str, Callable[[ModelSpec, Any], None]] = {
     "clip-lora": _load_clip_lora_checkpoint,
 }
 
-
-def describe(spec: ModelSpec) -> dict:
-    return json.loads(json.dumps({"arch": spec.arch, "pretrained": spec.pretrained,
-                                  "checkpoint": spec.checkpoint}))
