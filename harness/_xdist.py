@@ -17,7 +17,10 @@ class ModelScheduling(LoadScopeScheduling):
         self._harness = harness_session
 
     def _split_scope(self, nodeid: str) -> str:
-        spec = self._harness.case_of_nodeid(nodeid)
+        try:
+            spec = self._harness.case_of_nodeid(nodeid)
+        except Exception:  # noqa: BLE001 - a bad suite is reported by collection, not here
+            spec = None
         if spec is None:
             return nodeid
         return f"harness-model::{spec.model}"
