@@ -152,7 +152,7 @@ class HarnessSession:
         self.config = config
         self.is_worker = hasattr(config, "workerinput")
         self._suite: Suite | None = None
-        self._suite_error: str | None = None
+        self._report: str | None = None  # report.md's text, made once at session finish
         self.store: ResultStore | None = None
         self.started = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
         self.cache_dir = feature_cache_dir(config)
@@ -160,7 +160,6 @@ class HarnessSession:
         # suite, unless the environment sets it (not written to os.environ, so that processes
         # started from this one pick their own default from their own --feature-cache).
         self.demo_dir = Path(os.environ.get("HARNESS_DEMO") or self.cache_dir / "demo-v1")
-        self._phase: dict[str, CaseRecord] = {}
         self.results_dir: Path | None = None
 
     # ------------------------------------------------------------------ the suite
@@ -350,7 +349,7 @@ class HarnessSession:
         if self.store.run.get("device") == "auto" and "torch" in sys.modules:
             self.store.run["device"] = resolve_device(None)  # what the cases resolved too
         self.store.write()
-        text = self._report_text()
+        self._report = text = self._report_text()
         if text and self.results_dir is not None:
             from harness.results import write_text_atomic
 
@@ -359,7 +358,7 @@ class HarnessSession:
     def pytest_terminal_summary(self, terminalreporter, exitstatus, config) -> None:
         if self.is_worker or self.store is None:
             return
-        text = self._report_text()
+        text = self._report or self._report_text()
         if not text:
             return
         terminalreporter.section("tradeoff-bench")

@@ -113,7 +113,7 @@ class ResultStore:
     """Records keyed by (protocol, model, dataset), persisted to ``results.json``."""
 
     def __init__(self, path: str | os.PathLike | None, run: dict[str, Any],
-                 baselines: dict[str, str | None] | None = None, order: list[str] | None = None):
+                 baselines: dict[str, str | None] | None = None):
         self.path = Path(path) if path is not None else None
         self.run = run
         self.baselines = baselines or {}

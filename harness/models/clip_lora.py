@@ -24,7 +24,6 @@ from harness.errors import ModelError
 from harness.models.checkpoints import (OPENAI_META_KEYS, load_strict, safe_load,
                                         unwrap_state_dict)
 
-SCALINGS = ("rslora", "standard")
 _PROJ = re.compile(r"^(?P<prefix>.+)\.(?P<name>q_proj|k_proj|v_proj|proj)\.weight$")
 
 
