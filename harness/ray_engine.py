@@ -1,0 +1,206 @@
+"""The feature stage on Ray Data (``--engine ray``): decode on CPU tasks, models in actor pools.
+
+Same contract as :func:`harness.stage.extract_many` — one pass over a split for several models,
+one :class:`harness.features.Features` per need — but executed by Ray Data:
+
+- reading, decoding and every distinct preprocessing run as CPU tasks (``map_batches`` with a
+  function), so they scale with the cluster's cores;
+- inference runs in a pool of actors, each holding one replica of every model of the pass
+  (``num_gpus`` per actor where GPUs exist); an actor killed mid-pass is restarted and its
+  batches retried by Ray;
+- the driver receives feature batches as the pipeline streams and hands each one to
+  ``on_batch`` (the store writes chunks from there) before assembling the arrays.
+
+Models travel as their suite specs (plain dataclasses) and are built inside the actors, never
+pickled.  Ray is an optional extra: ``pip install "tradeoff-bench[ray]"``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from harness.errors import HarnessError
+
+
+class RayUnavailable(HarnessError):
+    """``--engine ray`` without Ray installed, or a cluster that cannot be reached."""
+
+
+def _import_ray():
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise RayUnavailable("--engine ray needs Ray: pip install 'tradeoff-bench[ray]' "
+                             "(or pip install 'ray[data]')") from None
+    return ray
+
+
+def check_address(address: str, timeout: float = 3.0) -> None:
+    """Fail in one line, within ``timeout`` seconds, when ``host:port`` does not answer.
+
+    ``ray.init(address=...)`` retries an unreachable head for a long time; a plain TCP connect
+    first turns that into an immediate, named error.  ``auto`` and ``local`` are Ray's own
+    keywords and are passed through."""
+    if address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise RayUnavailable(f"--ray-address {address}: expected HOST:PORT (or ray://HOST:PORT, "
+                             "'auto', 'local')")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except (OSError, ValueError) as e:
+        raise RayUnavailable(f"--ray-address {address}: cannot reach the Ray head ({e}); start "
+                             "it with `ray start --head` or omit --ray-address for a local Ray"
+                             ) from None
+
+
+def ensure_ray(address: str | None = None, num_cpus: int | None = None):
+    """Join ``address`` (checked first), or start/join a local Ray."""
+    ray = _import_ray()
+    if ray.is_initialized():
+        return ray
+    kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
+                          "ignore_reinit_error": True}
+    if address:
+        check_address(address)
+        kw["address"] = address
+    elif num_cpus is not None:
+        kw["num_cpus"] = num_cpus
+    ray.init(**kw)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    return ray
+
+
+def _decode(batch: dict, split, pres) -> dict:
+    """CPU task body: ids -> decoded, preprocessed image tensors (one column per transform)."""
+    from harness.errors import DataError
+
+    transforms = [p.transform() for p in pres]
+    ids = np.asarray(batch["id"], dtype=np.int64)
+    cols: list[list[np.ndarray]] = [[] for _ in transforms]
+    ok = np.ones(len(ids), dtype=bool)
+    for r, i in enumerate(ids):
+        try:
+            img = split.load(int(i))
+            xs = [t(img).numpy() for t in transforms]
+        except DataError:
+            raise
+        except Exception:  # noqa: BLE001 - an unreadable image, as in-process
+            ok[r] = False
+            xs = [np.zeros((3, p.size, p.size), dtype=np.float32) for p in pres]
+        for c, x in zip(cols, xs):
+            c.append(x)
+    out = {"id": ids, "ok": ok}
+    for j, c in enumerate(cols):
+        out[f"x{j}"] = np.stack(c).astype(np.float32, copy=False)
+    return out
+
+
+def _fault_point() -> None:
+    """Test hook: with ``HARNESS_FAULT_KILL_ONCE=PATH`` set and PATH present, the actor deletes
+    PATH and dies (``os._exit``) in the middle of the pass, as a killed worker would."""
+    path = os.environ.get("HARNESS_FAULT_KILL_ONCE")
+    if path and os.path.exists(path):
+        try:
+            os.unlink(path)
+        except OSError:
+            return
+        os._exit(1)
+
+
+class _Embed:
+    """Actor body: one replica of every model of the pass, built from its spec."""
+
+    def __init__(self, specs, index, flips, device, autocast):
+        from harness.models import load_model
+
+        self.models = [load_model(s, device, autocast) for s in specs]
+        self.index = index
+        self.flips = flips
+
+    def __call__(self, batch: dict) -> dict:
+        import torch
+
+        _fault_point()
+        out = {"id": batch["id"], "ok": batch["ok"]}
+        with torch.inference_mode():
+            for k, (m, j, flip) in enumerate(zip(self.models, self.index, self.flips)):
+                x = torch.from_numpy(np.require(batch[f"x{j}"], np.float32, ["C", "W"]))
+                if flip:
+                    f = m.encode_image(torch.cat([x, x.flip(-1)], 0))
+                    f = f[: len(x)] + f[len(x):]
+                else:
+                    f = m.encode_image(x)
+                out[f"f{k}"] = f.cpu().numpy().astype(np.float32, copy=False)
+        return out
+
+
+def extract_many_ray(specs: Sequence[Any], flips: Sequence[bool], pres: Sequence[Any], split, *,
+                     device: str = "cpu", autocast: bool = False, batch_size: int = 128,
+                     actors: int | None = None, gpus_per_actor: float | None = None,
+                     address: str | None = None,
+                     on_batch: Callable[[np.ndarray, list[np.ndarray], np.ndarray], None] | None = None
+                     ) -> list:
+    """Features of ``split`` for each (spec, flip), preprocessed with ``pres[k]``.
+
+    ``pres[k]`` is the :class:`~harness.models.preprocess.Preprocess` of ``specs[k]`` (known to
+    the driver from the model description cache, so that decoding needs no model)."""
+    from harness.features import Features
+    from harness.stage import Need, _groups
+
+    ray = ensure_ray(address)
+    if not specs:
+        return []
+
+    class _P:  # _groups reads need.model.preprocess
+        def __init__(self, pre):
+            self.preprocess = pre
+
+    distinct, index = _groups([Need(_P(p)) for p in pres])
+    n = len(split)
+    if gpus_per_actor is None:
+        gpus_per_actor = 1.0 if str(device).startswith("cuda") else 0.0
+    if actors is None:
+        gpus = int(ray.cluster_resources().get("GPU", 0)) if gpus_per_actor else 0
+        actors = max(1, int(gpus / gpus_per_actor)) if gpus_per_actor and gpus else 1
+    t0 = time.perf_counter()
+    ds = ray.data.range(n, override_num_blocks=max(1, min(n, -(-n // batch_size))))
+    ds = ds.map_batches(_decode, fn_kwargs={"split": split, "pres": list(distinct)},
+                        batch_size=batch_size)
+    ds = ds.map_batches(_Embed, fn_constructor_args=(list(specs), index, list(flips), device,
+                                                     autocast),
+                        batch_size=batch_size, concurrency=actors, num_gpus=gpus_per_actor,
+                        max_restarts=2, max_task_retries=3)
+    outs: list[np.ndarray | None] = [None] * len(specs)
+    valid = np.ones(n, dtype=bool)
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        ids = np.asarray(batch["id"], dtype=np.int64)
+        feats = [batch[f"f{k}"] for k in range(len(specs))]
+        for k, f in enumerate(feats):
+            if outs[k] is None:
+                outs[k] = np.zeros((n, f.shape[1]), dtype=np.float32)
+            outs[k][ids] = f  # type: ignore[index]
+        valid[ids] = np.asarray(batch["ok"], dtype=bool)
+        if on_batch is not None:
+            on_batch(ids, feats, valid[ids])
+    seconds = time.perf_counter() - t0
+    bad = [str(split.items[i]) if isinstance(split.items[i], (str, os.PathLike)) else f"#{i}"
+           for i in np.flatnonzero(~valid)]
+    result = []
+    for out in outs:
+        x = np.zeros((0, 0), dtype=np.float32) if out is None else out
+        x[~valid] = 0.0
+        result.append(Features(x, split.labels, valid.copy(), list(bad), seconds, False,
+                               loader={"engine": "ray", "actors": actors,
+                                       "distinct_preprocessing": len(distinct)}))
+    return result
