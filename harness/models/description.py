@@ -94,4 +94,8 @@ def write_description(path: Path, model_id: str, preprocess: Preprocess, embed_d
     from harness._io import atomic_write
 
     text = json.dumps({"model": model_id, "preprocess": asdict(preprocess), "embed_dim": embed_dim})
-    atomic_write(path, lambda f: f.write(text))
+
+    def write(f) -> None:
+        f.write(text)
+
+    atomic_write(path, write)

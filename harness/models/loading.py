@@ -223,7 +223,7 @@ def load_model(spec: ModelSpec, device: str = "cpu", autocast: bool = False) -> 
     embed_dim = getattr(getattr(model, "visual", None), "output_dim", None)
     head = load_head(spec, embed_dim) if spec.head else None
     model.eval().to(device)
-    pre = build_preprocess(spec.preprocess, _open_clip_preprocess_cfg(model))
+    pre = build_preprocess(spec.preprocess, _open_clip_preprocess_cfg(model), f"{_where(spec)} preprocess")
     return LoadedModel(spec, model, tokenizer, pre, device, weights_fingerprint(spec), head, autocast)
 
 
