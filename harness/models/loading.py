@@ -211,7 +211,7 @@ def _open_clip_preprocess_cfg(model) -> dict:
     return dict(cfg)
 
 
-def load_model(spec: ModelSpec, device: str = "cpu", autocast: bool = False) -> LoadedModel:
+def load_model(spec: ModelSpec, device: str = "cpu", autocast: str | bool | None = None) -> LoadedModel:
     """Load ``spec`` onto ``device``; raises :class:`ModelError` with a one-line reason."""
     model, tokenizer = _create_open_clip(spec, device)
     if spec.checkpoint:
@@ -227,7 +227,7 @@ def load_model(spec: ModelSpec, device: str = "cpu", autocast: bool = False) -> 
     return LoadedModel(spec, model, tokenizer, pre, device, weights_fingerprint(spec), head, autocast)
 
 
-def open_model(spec: ModelSpec, device: str, autocast: bool, cache_dir, on_load=None
+def open_model(spec: ModelSpec, device: str, autocast: str | bool | None, cache_dir, on_load=None
                ) -> LoadedModel:
     """A model whose network is built only when needed.
 
