@@ -66,8 +66,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="recompute cached features")
     g.addoption("--device", default=None, metavar="cpu|cuda|cuda:N|mps",
                 help="device for the models (default: cuda, then mps, then cpu)")
-    g.addoption("--autocast", action="store_true", default=False,
-                help="bf16 autocast on GPU (always fp32 on CPU)")
+    g.addoption("--autocast", nargs="?", const="bf16", default=None, choices=("bf16", "fp16"),
+                metavar="bf16|fp16",
+                help="autocast on CUDA: bf16 (a bare --autocast), or fp16 as CLIP_benchmark's amp; "
+                     "CPU always runs fp32 (CPU autocast changes results). A bare --autocast "
+                     "goes after the paths (or write --autocast=bf16)")
     g.addoption("--batch-size", type=int, default=None, metavar="N",
                 help="images per forward pass (default: 128 on CPU, 256 on GPU)")
     g.addoption("--loader-workers", type=int, default=None, metavar="N",

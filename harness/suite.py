@@ -45,6 +45,8 @@ class PreprocessSpec:
     std: tuple[float, float, float] | None = None
     channel_order: str = "rgb"         # "rgb" or "bgr"
     resize: str | None = None          # "shortest" (resize + centre crop) or "squash"
+    resize_backend: str | None = None  # "pil" (default), "torchvision" or "opencv"
+    antialias: bool | None = None      # torchvision only (pil: always, opencv: never)
 
 
 @dataclass(frozen=True)
@@ -193,17 +195,21 @@ _MODEL_KEYS = {
     "lora": "a table {rank, alpha, scaling}",
     "head": "a path to a binary task head",
     "score_polarity": "'bonafide' or 'attack'",
-    "preprocess": "a table {preset, size, interpolation, mean, std, channel_order, resize}",
+    "preprocess": "a table {preset, size, interpolation, mean, std, channel_order, resize, "
+                  "resize_backend, antialias}",
     "baseline": "the id of another model in this suite",
 }
 _PREPROCESS_KEYS = {
     "preset": ((str,), ("clip", "imagenet", "half")),
     "size": ((int,), None),
-    "interpolation": ((str,), ("bicubic", "bilinear", "nearest")),
+    "interpolation": ((str,), ("bicubic", "bilinear", "nearest", "nearest-exact", "area", "lanczos",
+                               "box", "hamming")),
     "mean": ((list,), None),
     "std": ((list,), None),
     "channel_order": ((str,), ("rgb", "bgr")),
     "resize": ((str,), ("shortest", "squash")),
+    "resize_backend": ((str,), ("pil", "torchvision", "opencv")),
+    "antialias": ((bool,), None),
 }
 
 
@@ -271,7 +277,8 @@ def _parse_model(ctx: _Ctx, mid: str, raw: Any) -> ModelSpec:
                 raise ctx.err(pt, k, f"unknown key; expected one of {', '.join(_PREPROCESS_KEYS)}")
             types, choices = _PREPROCESS_KEYS[k]
             v = _check_type(ctx, pt, k, v, types, "a list of 3 numbers" if types == (list,) else
-                            ("an integer" if types == (int,) else "a string"))
+                            ("an integer" if types == (int,) else
+                             "true or false" if types == (bool,) else "a string"))
             if choices and v not in choices:
                 raise ctx.err(pt, k, f"expected one of {', '.join(map(repr, choices))}, got {v!r}")
             if k in ("mean", "std"):
@@ -279,6 +286,11 @@ def _parse_model(ctx: _Ctx, mid: str, raw: Any) -> ModelSpec:
                     raise ctx.err(pt, k, f"expected a list of 3 numbers, got {v!r}")
                 v = tuple(float(x) for x in v)
             pkw[k] = v
+        from harness.models.preprocess import spec_problem  # the backends' capabilities
+
+        bad = spec_problem(pkw.get("resize_backend"), pkw.get("interpolation"), pkw.get("antialias"))
+        if bad is not None:
+            raise ctx.err(pt, bad[0], bad[1])
         kw["preprocess"] = PreprocessSpec(**pkw)
     return ModelSpec(id=mid, source=ctx.path, missing_env=tuple(dict.fromkeys(missing)), **kw)
 

@@ -21,9 +21,10 @@ import torch.nn.functional as F  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from harness.errors import ModelError, UnsafePickleError  # noqa: E402
-from harness.models import _create_plan, load_model  # noqa: E402
+from harness.models import load_model  # noqa: E402
 from harness.models.checkpoints import read_head, safe_load  # noqa: E402
 from harness.models.clip_lora import convert_clip_lora_state_dict  # noqa: E402
+from harness.models.loading import _create_plan  # noqa: E402
 from harness.models.preprocess import (CLIP_MEAN, CLIP_STD, HALF, IMAGENET_MEAN,  # noqa: E402
                                        IMAGENET_STD, build_preprocess)
 from harness.suite import ModelSpec, PreprocessSpec, parse_suite  # noqa: E402

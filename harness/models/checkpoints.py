@@ -78,7 +78,7 @@ def safe_load(path: str | os.PathLike, context: str | None = None) -> Any:
 
         try:
             return load_file(p, device="cpu")
-        except Exception as e:  # safetensors raises its own SafetensorError
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own SafetensorError
             raise ModelError(f"{pre}: not a readable safetensors file ({_first_line(e)})") from None
     import torch
 

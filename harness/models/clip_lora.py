@@ -21,8 +21,7 @@ import math
 import re
 
 from harness.errors import ModelError
-from harness.models.checkpoints import (OPENAI_META_KEYS, load_strict, safe_load,
-                                        unwrap_state_dict)
+from harness.models.checkpoints import OPENAI_META_KEYS, load_strict, safe_load, unwrap_state_dict
 
 _PROJ = re.compile(r"^(?P<prefix>.+)\.(?P<name>q_proj|k_proj|v_proj|proj)\.weight$")
 
@@ -155,12 +154,12 @@ def load_clip_lora_checkpoint(spec, model) -> None:
     ctx = f"{spec.source}: [models.{spec.id}] checkpoint"
     pre = f"{ctx} = {spec.checkpoint!r}"
     sd = unwrap_state_dict(safe_load(spec.checkpoint, ctx), pre)
-    if not any(k.endswith("w_lora_A") for k in sd) and any(k.endswith(".in_proj_weight") for k in sd):
-        # no LoRA keys: tell the user plainly instead of a long missing/unexpected listing
-        if not any(_PROJ.match(k) for k in sd):
-            raise ModelError(f"{pre}: has no q_proj/v_proj or w_lora_A/B keys (fused in_proj "
-                             "weights instead): it is not a clip-lora checkpoint; use "
-                             "checkpoint_format = 'open_clip'")
+    # no LoRA keys: tell the user plainly instead of a long missing/unexpected listing
+    if (not any(k.endswith("w_lora_A") for k in sd) and any(k.endswith(".in_proj_weight") for k in sd)
+            and not any(_PROJ.match(k) for k in sd)):
+        raise ModelError(f"{pre}: has no q_proj/v_proj or w_lora_A/B keys (fused in_proj "
+                         "weights instead): it is not a clip-lora checkpoint; use "
+                         "checkpoint_format = 'open_clip'")
     import torch
 
     lo = spec.lora
