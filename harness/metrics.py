@@ -477,8 +477,8 @@ def bpcer_at_apcer(scores: Any, labels: Any, apcer: float, attack_types: Any = N
     x = _check_rate(apcer, "apcer", allow_zero=True)
     if _check_rule(rule) != "iso":
         _rule_op(rule, attack_types, "BPCER@APCER")
-        r = _rule_roc(scores, labels)
-        return float((1.0 - r.tpr)[int(np.argmin(np.abs(r.fpr - x)))])
+        rr = _rule_roc(scores, labels)
+        return float((1.0 - rr.tpr)[int(np.argmin(np.abs(rr.fpr - x)))])
     s, y = _validate(scores, labels)
     r = _roc_counts(s, y)
     k = len(r.thresholds) - 1
@@ -501,9 +501,9 @@ def apcer_at_bpcer(scores: Any, labels: Any, bpcer: float, attack_types: Any = N
     x = _check_rate(bpcer, "bpcer", allow_zero=True)
     if _check_rule(rule) != "iso":
         _rule_op(rule, attack_types, "APCER@BPCER")
-        r = _rule_roc(scores, labels)
-        gap = np.abs((1.0 - r.tpr) - x)
-        return float(r.fpr[int(np.flatnonzero(gap == gap.min())[-1])])
+        rr = _rule_roc(scores, labels)
+        gap = np.abs((1.0 - rr.tpr) - x)
+        return float(rr.fpr[int(np.flatnonzero(gap == gap.min())[-1])])
     s, y = _validate(scores, labels)
     r = _roc_counts(s, y)
     need_tp = r.n_pos - _max_count(x, r.n_pos)

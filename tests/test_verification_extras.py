@@ -23,7 +23,6 @@ from sklearn.preprocessing import normalize
 from harness import metrics as M
 from harness.protocols import verification as V
 
-
 # ------------------------------------------------------------------------------ references
 
 def interp1d_slinear_old_scipy(x, y, x0):
@@ -159,7 +158,7 @@ def test_protocol_reports_val_noflip_accuracy_and_xnorm():
     metrics, details = V.evaluate_with_details(fused, issame, embeddings_noflip=plain)
     ef = normalize(fused.astype(np.float64))
     ep = normalize(plain.astype(np.float64))
-    acc, std = calculate_roc_acc_ref(ef[0::2], ef[1::2], issame)
+    acc, _ = calculate_roc_acc_ref(ef[0::2], ef[1::2], issame)
     acc0, std0 = calculate_roc_acc_ref(ep[0::2], ep[1::2], issame)
     val, val_std, val_far = calculate_val_ref(ef[0::2], ef[1::2], issame, 1e-3)
     assert metrics["accuracy"] == pytest.approx(acc, abs=1e-12)

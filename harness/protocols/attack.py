@@ -348,8 +348,9 @@ def evaluate_mad(scores: Any, labels: Any, attack_types: Any, video_ids: Any = N
         for k in names:
             metrics[f"{k}[{m}]"] = met[k]
     details = {"threshold": fixed, "threshold_source": source, **_rule_details(rule),
-               "thresholds": thresholds, "methods": list(per_method), "n_samples": n_samples, "n_scored": int(len(s)),
-               "n_bona_fide": int(yb.sum()), "n_attack": int(len(yb) - yb.sum())}
+               "thresholds": thresholds, "methods": list(per_method), "n_samples": n_samples,
+               "n_scored": int(len(s)), "n_bona_fide": int(yb.sum()),
+               "n_attack": int(len(yb) - yb.sum())}
     return AttackResult(metrics, details)
 
 
