@@ -19,6 +19,27 @@ done on integer counts, so ``far = k / N`` reaches the point with exactly ``k`` 
 
 Every function validates its inputs (``ValueError``, one line, naming what is wrong) and
 returns plain Python floats.
+
+Metric rules (``rule=`` on :func:`eer`, :func:`eer_threshold`, :func:`roc_auc`,
+:func:`bpcer_at_apcer`, :func:`apcer_at_bpcer`; :func:`eer_point`):
+
+* ``"iso"`` (default): the definitions above (ISO/IEC 30107-3 operating points, interpolated
+  EER on the full ROC).
+* ``"madation"``: the evaluation code of MADation (``src/utils/utils.py``): scores
+  z-normalised, ``(s - mean) / std`` (population std, in the input's float precision: float32
+  stays float32, everything else float64); scikit-learn's *reduced* ROC (``roc_curve`` with its
+  default ``drop_intermediate=True``) with APCER = fpr, BPCER = 1 - tpr (bona fide positive);
+  ``i = nanargmin |tpr + fpr - 1|`` and EER = fpr[i]; BPCER@APCER=x = BPCER at the first ROC
+  point whose APCER is nearest x; APCER@BPCER=x = APCER at the *last* point whose BPCER is
+  nearest x.  Attacks are pooled (no ``attack_types``).
+* ``"foundpad"``: FoundPAD's ``performances_cross_db`` on z-normalised scores: the same reduced
+  ROC and index ``i``; EER = fpr[i]; APCER = fpr[i], BPCER = 1 - tpr[i], HTER their mean (all
+  at ``i``; see :func:`eer_point`); AUC = trapezoids of the reduced ROC (sklearn ``auc``).
+  FoundPAD defines no BPCER@APCER / APCER@BPCER: those raise ``ValueError`` with this rule.
+
+Both upstream rules fail there (NaN, or a crash) on one class or on constant scores (std 0);
+here that is a ``ValueError`` naming the cause.  The reduced ROC is computed here (no sklearn
+call) and equals ``sklearn.metrics.roc_curve`` point for point (tested).
 """
 
 from __future__ import annotations
@@ -30,8 +51,11 @@ import numpy as np
 __all__ = [
     "roc", "eer", "eer_threshold", "tar_at_far", "roc_auc",
     "apcer", "apcer_per_type", "bpcer", "acer", "hter",
-    "bpcer_at_apcer", "apcer_at_bpcer", "verification_accuracy",
+    "bpcer_at_apcer", "apcer_at_bpcer", "verification_accuracy", "verification_val",
+    "RULES", "EerPoint", "eer_point", "rule_roc",
 ]
+
+RULES: tuple[str, ...] = ("iso", "madation", "foundpad")
 
 # Relative slack when turning a rate bound into a count bound (k / N must reach k exactly).
 _REL_TOL = 1e-12
@@ -160,6 +184,105 @@ def roc(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return r.thresholds, r.fp / r.n_neg, r.tp / r.n_pos
 
 
+# ------------------------------------------------------------------- upstream rules (reduced ROC)
+
+def _check_rule(rule: Any) -> str:
+    if not isinstance(rule, str) or rule not in RULES:
+        raise ValueError(f"rule must be one of {', '.join(map(repr, RULES))}, got {rule!r}")
+    return rule
+
+
+class _RuleRoc(NamedTuple):
+    thresholds: np.ndarray   # raw-score thresholds (accept s >= t); thresholds[0] = +inf
+    fpr: np.ndarray          # APCER / FAR at each kept point, sklearn's float64 division
+    tpr: np.ndarray          # 1 - BPCER
+
+
+def _z_normalise(scores: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``(raw float64 scores, z)`` with ``z = (s - mean) / std`` in the input's precision."""
+    s0 = np.asarray(scores)
+    s = _as_scores(s0)
+    zs = s0 if s0.dtype == np.float32 else s
+    sd = np.std(zs)
+    if not sd > 0:
+        raise ValueError("scores are all equal (std 0): z-normalisation is undefined (the upstream "
+                         "code gets NaN scores there)")
+    z = (zs - np.mean(zs)) / sd
+    return s, z
+
+
+def _rule_roc(scores: Any, labels: Any) -> _RuleRoc:
+    """scikit-learn's ``roc_curve(labels, z, drop_intermediate=True)`` of the z-normalised
+    scores, with each threshold mapped back to the raw score scale (the smallest raw score of
+    the samples it accepts: the same accepted set)."""
+    s, y = _validate(scores, labels)
+    _, z = _z_normalise(scores)
+    order = np.argsort(-s, kind="stable")
+    zs = z[order]
+    ys = y[order]
+    # distinct z values (z is non-decreasing in s, so the raw order is a z order too)
+    ends = np.flatnonzero(np.r_[zs[1:] != zs[:-1], True])
+    tp = np.cumsum(ys, dtype=np.int64)[ends]
+    fp = (ends + 1) - tp
+    thr = s[order][ends]
+    if len(fp) > 2:       # sklearn: drop points collinear with their neighbours
+        keep = np.r_[True, (np.diff(fp, 2) != 0) | (np.diff(tp, 2) != 0), True]
+        tp, fp, thr = tp[keep], fp[keep], thr[keep]
+    tp = np.r_[np.int64(0), tp]
+    fp = np.r_[np.int64(0), fp]
+    thr = np.r_[np.inf, thr]
+    return _RuleRoc(thr, fp / fp[-1], tp / tp[-1])
+
+
+def rule_roc(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The reduced ROC of the upstream rules: ``(raw thresholds, apcer, 1 - bpcer)``.
+
+    Points of ``sklearn.metrics.roc_curve(labels, z)`` (``z`` the z-normalised scores, default
+    ``drop_intermediate=True``); each threshold is given on the raw score scale (``+inf`` first).
+    """
+    r = _rule_roc(scores, labels)
+    return r.thresholds, r.fpr, r.tpr
+
+
+def _rule_eer_index(r: _RuleRoc) -> int:
+    return int(np.nanargmin(np.abs(r.tpr + r.fpr - 1.0)))
+
+
+class EerPoint(NamedTuple):
+    """The ROC point an upstream rule takes as its EER point, and its rates."""
+
+    eer: float
+    apcer: float
+    bpcer: float
+    hter: float
+    auc: float
+    threshold: float    # raw score scale; accept s >= threshold
+
+
+def eer_point(scores: Any, labels: Any, rule: str = "foundpad") -> EerPoint:
+    """FoundPAD's ``performances_cross_db`` (``rule`` ``"foundpad"`` or ``"madation"``).
+
+    On the reduced ROC of the z-normalised scores, ``i = nanargmin |tpr + fpr - 1|``:
+    ``eer = apcer = fpr[i]``, ``bpcer = 1 - tpr[i]``, ``hter = (apcer + bpcer) / 2``,
+    ``auc`` = trapezoids of the reduced ROC (sklearn ``auc``), ``threshold`` = the raw score
+    threshold of point ``i`` (applying it with ``s >= threshold`` gives these rates).
+    """
+    if _check_rule(rule) == "iso":
+        raise ValueError("eer_point takes rule 'madation' or 'foundpad' (for 'iso' use eer, "
+                         "eer_threshold and the rates at that threshold)")
+    r = _rule_roc(scores, labels)
+    i = _rule_eer_index(r)
+    frr = 1.0 - r.tpr
+    return EerPoint(float(r.fpr[i]), float(r.fpr[i]), float(frr[i]),
+                    float((r.fpr[i] + frr[i]) / 2.0), _trapezoid_auc(r), float(r.thresholds[i]))
+
+
+def _trapezoid_auc(r: _RuleRoc) -> float:
+    """sklearn ``auc(fpr, tpr)``: the trapezoidal rule over the (reduced) ROC points."""
+    d = np.diff(r.fpr)
+    return float(np.add.reduce(d * (r.tpr[1:] + r.tpr[:-1]) / 2.0))
+
+
 def _eer_index(r: _Roc) -> tuple[int, float]:
     """First ROC index k with FRR_k <= FAR_k (k >= 1) and the interpolated EER."""
     far = r.fp / r.n_neg
@@ -173,7 +296,7 @@ def _eer_index(r: _Roc) -> tuple[int, float]:
     return k, float(far[k - 1] + a * (far[k] - far[k - 1]))
 
 
-def eer(scores: Any, labels: Any) -> float:
+def eer(scores: Any, labels: Any, rule: str = "iso") -> float:
     """Equal error rate: where FRR = 1 - TAR meets FAR on the full ROC, interpolated.
 
     Walking the ROC points ``(FAR_k, FRR_k)`` from the reject-all point, ``d_k = FRR_k - FAR_k``
@@ -186,19 +309,29 @@ def eer(scores: Any, labels: Any) -> float:
 
     which is where the linearly interpolated ROC crosses TAR = 1 - FAR.  Symmetric: negating
     the scores and swapping the labels gives the same EER.
+
+    ``rule="madation"`` / ``"foundpad"``: ``fpr[nanargmin |tpr + fpr - 1|]`` on the reduced ROC
+    of the z-normalised scores (see the module docstring).
     """
+    if _check_rule(rule) != "iso":
+        return eer_point(scores, labels, rule).eer
     s, y = _validate(scores, labels)
     return _eer_index(_roc_counts(s, y))[1]
 
 
-def eer_threshold(scores: Any, labels: Any) -> float:
+def eer_threshold(scores: Any, labels: Any, rule: str = "iso") -> float:
     """The score threshold at the EER (for the ``dev-eer`` / ``test-eer`` threshold sources).
 
     Of the two ROC points that bracket the interpolated crossing (see :func:`eer`), the one
     with the smaller ``|FRR - FAR|`` (ties: the lower threshold); its threshold is an actual
     score of the set, never ``+inf``.  Applying it to the same scores gives an HTER close to
     the EER (within one ROC step, ``1 / min(P, N)``, on untied scores).
+
+    ``rule="madation"`` / ``"foundpad"``: the raw threshold of the upstream EER point
+    (:func:`eer_point`).
     """
+    if _check_rule(rule) != "iso":
+        return eer_point(scores, labels, rule).threshold
     s, y = _validate(scores, labels)
     r = _roc_counts(s, y)
     k, _ = _eer_index(r)
@@ -222,13 +355,18 @@ def tar_at_far(scores: Any, labels: Any, far: float) -> float:
     return float(r.tp[k] / r.n_pos)
 
 
-def roc_auc(scores: Any, labels: Any) -> float:
+def roc_auc(scores: Any, labels: Any, rule: str = "iso") -> float:
     """Area under the full ROC with genuine / bona fide as the positive class.
 
     Trapezoids between consecutive ROC points, i.e. the Mann-Whitney statistic
     ``P(s_genuine > s_impostor) + 0.5 * P(s_genuine = s_impostor)``; computed on exact integer
     counts: ``sum_k (fp_k - fp_{k-1}) * (tp_k + tp_{k-1}) / (2 P N)``.
+
+    ``rule="madation"`` / ``"foundpad"``: sklearn ``auc(fpr, tpr)`` over the reduced ROC of the
+    z-normalised scores (the same area up to float rounding).
     """
+    if _check_rule(rule) != "iso":
+        return _trapezoid_auc(_rule_roc(scores, labels))
     s, y = _validate(scores, labels)
     r = _roc_counts(s, y)
     area2 = int(np.sum(np.diff(r.fp) * (r.tp[1:] + r.tp[:-1])))
@@ -316,15 +454,31 @@ def _apcer_counts(r: _Roc, y: np.ndarray, attack_types: Any
     return out
 
 
-def bpcer_at_apcer(scores: Any, labels: Any, apcer: float, attack_types: Any = None) -> float:
+def _rule_op(rule: str, attack_types: Any, name: str) -> None:
+    if rule == "foundpad":
+        raise ValueError(f"rule 'foundpad' defines no {name} (FoundPAD reports EER, HTER, APCER, "
+                         "BPCER and AUC); use rule 'iso' or 'madation'")
+    if attack_types is not None:
+        raise ValueError(f"rule {rule!r} pools every attack: attack_types only applies to rule 'iso'")
+
+
+def bpcer_at_apcer(scores: Any, labels: Any, apcer: float, attack_types: Any = None,
+                   rule: str = "iso") -> float:
     """Lowest BPCER over the thresholds whose APCER <= ``apcer`` (in [0, 1]).
 
     APCER is the maximum over ``attack_types`` when given (ISO/IEC 30107-3), else pooled;
     ``APCER <= x`` means at most ``floor(x * N_a)`` attacks of each type ``a`` accepted.  Both
     rates are monotone in the threshold, so the answer is the BPCER at the lowest threshold
     that satisfies the bound (the reject-all threshold always does: BPCER = 1 there).
+
+    ``rule="madation"``: ``1 - tpr[argmin |fpr - x|]`` on the reduced ROC of the z-normalised
+    scores (the nearest point, first among ties; it may lie above ``x``).
     """
     x = _check_rate(apcer, "apcer", allow_zero=True)
+    if _check_rule(rule) != "iso":
+        _rule_op(rule, attack_types, "BPCER@APCER")
+        rr = _rule_roc(scores, labels)
+        return float((1.0 - rr.tpr)[int(np.argmin(np.abs(rr.fpr - x)))])
     s, y = _validate(scores, labels)
     r = _roc_counts(s, y)
     k = len(r.thresholds) - 1
@@ -333,14 +487,23 @@ def bpcer_at_apcer(scores: Any, labels: Any, apcer: float, attack_types: Any = N
     return float(1.0 - r.tp[k] / r.n_pos)
 
 
-def apcer_at_bpcer(scores: Any, labels: Any, bpcer: float, attack_types: Any = None) -> float:
+def apcer_at_bpcer(scores: Any, labels: Any, bpcer: float, attack_types: Any = None,
+                   rule: str = "iso") -> float:
     """Lowest APCER over the thresholds whose BPCER <= ``bpcer`` (in [0, 1]).
 
     ``BPCER <= x`` means at most ``floor(x * P)`` bona fide rejected; APCER is the maximum over
     ``attack_types`` when given, else pooled.  The answer is the APCER at the highest threshold
     that satisfies the bound (the lowest score always does: BPCER = 0 there).
+
+    ``rule="madation"``: ``fpr[i]`` with ``i`` the *last* reduced-ROC point whose BPCER
+    ``1 - tpr`` is nearest ``x`` (z-normalised scores).
     """
     x = _check_rate(bpcer, "bpcer", allow_zero=True)
+    if _check_rule(rule) != "iso":
+        _rule_op(rule, attack_types, "APCER@BPCER")
+        rr = _rule_roc(scores, labels)
+        gap = np.abs((1.0 - rr.tpr) - x)
+        return float(rr.fpr[int(np.flatnonzero(gap == gap.min())[-1])])
     s, y = _validate(scores, labels)
     r = _roc_counts(s, y)
     need_tp = r.n_pos - _max_count(x, r.n_pos)
@@ -350,21 +513,9 @@ def apcer_at_bpcer(scores: Any, labels: Any, bpcer: float, attack_types: Any = N
 
 # ------------------------------------------------------------------------- face verification
 
-def verification_accuracy(emb1: Any, emb2: Any, issame: Any, n_folds: int = 10
-                          ) -> tuple[float, float]:
-    """InsightFace k-fold verification accuracy: ``(mean, population std)`` over the folds.
-
-    1. ``e = x / ||x||`` for every row of ``emb1`` and ``emb2``; ``dist = ||e1 - e2||^2`` in [0, 4].
-    2. Folds: ``n_folds`` contiguous blocks in input order (the first ``n % n_folds`` one pair
-       longer), as scikit-learn's unshuffled ``KFold``.
-    3. Thresholds ``numpy.arange(0, 4, 0.01)`` (0.00 .. 3.99); a pair is "same" iff
-       ``dist < threshold``.
-    4. For each fold, the first threshold with the best accuracy on the other folds scores the
-       held-out fold (the held-out fold never sees its own threshold).
-    5. Mean and ``std(ddof=0)`` of the fold accuracies.
-
-    The flip fusion (``f(x) + f(flip x)``) happens before, in the features.
-    """
+def _pair_distances(emb1: Any, emb2: Any, issame: Any, n_folds: int
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Validated ``(squared distances of the unit vectors, issame bools, fold bounds)``."""
     a = np.asarray(emb1)
     b = np.asarray(emb2)
     if a.ndim != 2 or b.ndim != 2:
@@ -394,8 +545,27 @@ def verification_accuracy(emb1: Any, emb2: Any, issame: Any, n_folds: int = 10
         raise ValueError(f"pair {i} has a zero-norm embedding (cannot L2-normalise)")
     dist = np.sum((a / na[:, None] - b / nb[:, None]) ** 2, axis=1)
 
-    thresholds = np.arange(0, 4, 0.01)
     bounds = np.cumsum([0] + [len(f) for f in np.array_split(np.arange(n), n_folds)])
+    return dist, same, bounds
+
+
+def verification_accuracy(emb1: Any, emb2: Any, issame: Any, n_folds: int = 10
+                          ) -> tuple[float, float]:
+    """InsightFace k-fold verification accuracy: ``(mean, population std)`` over the folds.
+
+    1. ``e = x / ||x||`` for every row of ``emb1`` and ``emb2``; ``dist = ||e1 - e2||^2`` in [0, 4].
+    2. Folds: ``n_folds`` contiguous blocks in input order (the first ``n % n_folds`` one pair
+       longer), as scikit-learn's unshuffled ``KFold``.
+    3. Thresholds ``numpy.arange(0, 4, 0.01)`` (0.00 .. 3.99); a pair is "same" iff
+       ``dist < threshold``.
+    4. For each fold, the first threshold with the best accuracy on the other folds scores the
+       held-out fold (the held-out fold never sees its own threshold).
+    5. Mean and ``std(ddof=0)`` of the fold accuracies.
+
+    The flip fusion (``f(x) + f(flip x)``) happens before, in the features.
+    """
+    dist, same, bounds = _pair_distances(emb1, emb2, issame, n_folds)
+    thresholds = np.arange(0, 4, 0.01)
 
     def correct_counts(d: np.ndarray, sm: np.ndarray) -> np.ndarray:
         """Correct decisions at every threshold: same with d < t, plus different with d >= t."""
@@ -413,3 +583,56 @@ def verification_accuracy(emb1: Any, emb2: Any, issame: Any, n_folds: int = 10
         best = int(np.argmax(total - fold))    # first threshold with the best train accuracy
         accs[f] = fold[best] / (hi - lo)
     return float(np.mean(accs)), float(np.std(accs))
+
+
+def _interp_slinear(x: np.ndarray, y: np.ndarray, x0: float) -> float:
+    """``scipy.interpolate.interp1d(x, y, kind="slinear")(x0)`` for non-decreasing ``x`` with
+    ``x[0] <= x0 <= x[-1]``: the order-1 B-spline through the points (repeated ``x`` values
+    allowed, as scipy <= 1.8 accepted them; later versions refuse repeated ``x``), evaluated as
+    scipy's de Boor recursion does: at a repeated ``x`` value, the ``y`` of its last copy;
+    at ``x0 = x[-1]`` with ``x[-1]`` repeated, 0 (``dist < 0`` then accepts nothing, as the
+    NaN of older scipy versions did)."""
+    n = len(x)
+    # knots t = [x0, x0, x1, ..., x_{n-1}, x_{n-1}]; interval m: t[m] <= x0 < t[m+1], m in [1, n-1]
+    t = np.r_[x[0], x, x[-1]]
+    m = min(int(np.searchsorted(t, x0, side="right")) - 1, n - 1)
+    xa, xb = t[m], t[m + 1]
+    if xa == xb:     # x0 = x[-1] with x[-1] repeated: a zero-length interval, where the spline is 0
+        return 0.0
+    w = 1.0 / (xb - xa)
+    return float(y[m - 1] * (w * (xb - x0)) + y[m] * (w * (x0 - xa)))
+
+
+def verification_val(emb1: Any, emb2: Any, issame: Any, far: float = 1e-3, n_folds: int = 10
+                     ) -> tuple[float, float, float]:
+    """InsightFace's VAL at a target FAR (``calculate_val``): ``(val mean, val std, far mean)``.
+
+    Distances and folds as :func:`verification_accuracy`.  For each fold, on the other folds:
+    ``FAR(t) = #{different pairs: dist < t} / #{different pairs}`` at every ``t`` of
+    ``numpy.arange(0, 4, 0.001)``; if ``max FAR >= far`` the threshold is the piecewise-linear
+    interpolation of ``t`` over ``FAR`` at ``far`` (scipy ``interp1d(..., kind="slinear")``),
+    else 0.  On the held-out fold, with that threshold: ``VAL = #{same: dist < t} / #{same}``
+    and its FAR likewise.  Returns the mean and population std of VAL and the mean FAR over
+    the folds.  Every fold and its complement need both kinds of pair (InsightFace divides by
+    zero there); otherwise ``ValueError``.
+    """
+    target = _check_rate(far, "far", allow_zero=False)
+    dist, same, bounds = _pair_distances(emb1, emb2, issame, n_folds)
+    thresholds = np.arange(0, 4, 0.001)
+    vals = np.empty(n_folds)
+    fars = np.empty(n_folds)
+    for f in range(n_folds):
+        lo, hi = bounds[f], bounds[f + 1]
+        test = np.zeros(len(dist), dtype=bool)
+        test[lo:hi] = True
+        tr_diff = np.sort(dist[~test & ~same])
+        te_same = dist[test & same]
+        te_diff = dist[test & ~same]
+        if len(tr_diff) == 0 or len(te_same) == 0 or len(te_diff) == 0:
+            raise ValueError(f"fold {f} of {n_folds}: VAL needs genuine and impostor pairs in every "
+                             "fold and impostor pairs outside it")
+        far_train = np.searchsorted(tr_diff, thresholds, side="left") / len(tr_diff)
+        thr = _interp_slinear(far_train, thresholds, target) if far_train.max() >= target else 0.0
+        vals[f] = np.count_nonzero(te_same < thr) / len(te_same)
+        fars[f] = np.count_nonzero(te_diff < thr) / len(te_diff)
+    return float(np.mean(vals)), float(np.std(vals)), float(np.mean(fars))

@@ -49,6 +49,8 @@ _ATTACK_OPTIONS = {
     "dev": Option((str,), None, None, "dataset id whose test split is the development set for "
                   "'dev-eer' (default: this dataset's own 'dev' split)"),
     "video_average": Option((bool,), True, None, "average frame scores per video id"),
+    "metric_rule": Option((str,), "iso", ("iso", "madation", "foundpad"),
+                          "ISO/IEC 30107-3 definitions, or MADation's / FoundPAD's evaluation code"),
 }
 
 PROTOCOLS: dict[str, ProtocolInfo] = {

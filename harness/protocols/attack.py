@@ -27,6 +27,23 @@ frame scores of each video (``video_average``).  MAD (:func:`evaluate_mad`): bon
 each morphing method separately (``eer[<method>]`` ...), and every metric averaged over the
 methods under its plain name (``eer`` ...), as the MAD literature reports.
 
+Metric rule (``metric_rule=``, recorded in ``details["metric_rule"]``), see
+:mod:`harness.metrics`:
+
+* ``"iso"`` (default): everything above.
+* ``"madation"``: MADation's evaluation code: z-normalised scores, scikit-learn's reduced ROC,
+  ``eer``/``auc``/``bpcer@apcer=x``/``apcer@bpcer=x`` as its ``evaluate_mad_performance``
+  (nearest ROC point); attacks pooled (``apcer`` = ``apcer_pooled``).
+* ``"foundpad"``: FoundPAD's ``performances_cross_db``: frame scores averaged per video with
+  ``numpy.mean`` in the input's precision (``compute_video_score``), z-normalised, reduced ROC;
+  ``eer``, ``auc``, and -- with ``threshold = "test-eer"`` -- ``apcer``, ``bpcer``, ``hter``
+  (and ``apcer_pooled``, ``acer``) at FoundPAD's EER index.  FoundPAD defines no operating
+  points: ``bpcer@apcer=x`` / ``apcer@bpcer=x`` stay ISO (``details["operating_point_rule"]``).
+
+Under both upstream rules ``"test-eer"`` is the upstream EER point (:func:`harness.metrics.eer_point`)
+and ``"dev-eer"`` that point's threshold on the development set; a threshold that is not the
+test set's own EER point gives the harness's rates at it (accept ``score >= t``, APCER pooled).
+
 Scoring helpers for models without a task head: :func:`text_scores` (CLIP text prompts) and
 :func:`probe_scores` (a logistic-regression probe trained on the benchmark's train split).
 """
@@ -48,6 +65,7 @@ __all__ = [
 
 OPERATING_POINTS: tuple[float, ...] = (0.01, 0.05, 0.1, 0.2)
 THRESHOLD_SOURCES = ("test-eer", "dev-eer")
+METRIC_RULES = M.RULES
 
 
 class AttackResult(NamedTuple):
@@ -63,13 +81,16 @@ def _rate_key(x: float) -> str:
 
 # ------------------------------------------------------------------------------- video average
 
-def average_per_video(scores: Any, labels: Any, video_ids: Any, attack_types: Any = None
+def average_per_video(scores: Any, labels: Any, video_ids: Any, attack_types: Any = None, *,
+                      upstream_mean: bool = False
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
     """Mean frame score per video id -> ``(scores, labels, attack_types, video_ids)``.
 
     Samples with an empty (``""``) or ``None`` video id stay on their own.  Every frame of a
     video must have the same label (and, for attacks, the same attack type), else
     :class:`DataError` naming the video.  Videos come out sorted by id, lone samples last.
+    ``upstream_mean``: each video's mean is ``numpy.mean`` of its frame scores in input order
+    and in the input's precision (float32 stays float32), as FoundPAD's ``compute_video_score``.
     """
     s = M._as_scores(scores)
     y = M._as_labels(labels, len(s))
@@ -96,7 +117,15 @@ def average_per_video(scores: Any, labels: Any, video_ids: Any, attack_types: An
         g = int(np.flatnonzero(mixed)[0])
         raise DataError(f"video {ids[g]!r} mixes bona fide and attack frames; labels must agree "
                         "within a video")
-    out_s = np.bincount(group, weights=s, minlength=n_groups) / count
+    if upstream_mean:
+        s0 = np.asarray(scores)
+        s0 = s0 if s0.dtype == np.float32 else s
+        by_group = np.argsort(group, kind="stable")
+        starts = np.r_[0, np.cumsum(count)]
+        out_s = np.array([np.mean(s0[by_group[starts[g]:starts[g + 1]]]) for g in range(n_groups)],
+                         dtype=s0.dtype)
+    else:
+        out_s = np.bincount(group, weights=s, minlength=n_groups) / count
     out_y = (pos == count).astype(np.int64)
     out_t = None
     if attack_types is not None:
@@ -115,15 +144,16 @@ def average_per_video(scores: Any, labels: Any, video_ids: Any, attack_types: An
 # ---------------------------------------------------------------------------------- thresholds
 
 def resolve_threshold(threshold: Any, scores: Any, labels: Any, dev_scores: Any = None,
-                      dev_labels: Any = None) -> tuple[float, str]:
-    """``(threshold value, source)`` for ``"test-eer"``, ``"dev-eer"`` or a number."""
+                      dev_labels: Any = None, rule: str = "iso") -> tuple[float, str]:
+    """``(threshold value, source)`` for ``"test-eer"``, ``"dev-eer"`` or a number (EER
+    thresholds by the metric ``rule``)."""
     if isinstance(threshold, str):
         if threshold == "test-eer":
-            return M.eer_threshold(scores, labels), "test-eer"
+            return M.eer_threshold(scores, labels, rule=rule), "test-eer"
         if threshold == "dev-eer":
             if dev_scores is None or dev_labels is None:
                 raise ValueError("threshold = 'dev-eer' needs dev_scores and dev_labels")
-            return M.eer_threshold(dev_scores, dev_labels), "dev-eer"
+            return M.eer_threshold(dev_scores, dev_labels, rule=rule), "dev-eer"
         raise ValueError(f"threshold must be 'test-eer', 'dev-eer' or a number, got {threshold!r}")
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.integer, np.floating)):
         raise ValueError(f"threshold must be 'test-eer', 'dev-eer' or a number, got {threshold!r}")
@@ -135,10 +165,59 @@ def resolve_threshold(threshold: Any, scores: Any, labels: Any, dev_scores: Any 
 
 # ------------------------------------------------------------------------------------ metrics
 
-def attack_metrics(scores: Any, labels: Any, threshold: float, attack_types: Any = None, *,
+def _rule_metrics(scores: Any, labels: Any, threshold: float | None, attack_types: Any,
+                  operating_points: Sequence[float], per_type: bool, rule: str) -> dict[str, float]:
+    """The metrics under an upstream rule; ``threshold=None``: the rule's own EER point."""
+    s, y = M._validate(scores, labels)
+    pt = M.eer_point(scores, labels, rule)
+    out = {"eer": pt.eer, "auc": pt.auc}
+    if threshold is None:
+        t = pt.threshold
+        ap, bp, ht = pt.apcer, pt.bpcer, pt.hter
+    else:
+        t = float(threshold)
+        ap = M.apcer(s, y, t, None, "pooled")
+        bp = M.bpcer(s, y, t)
+        ht = (ap + bp) / 2.0
+    out.update({"hter": ht, "apcer": ap, "apcer_pooled": ap, "bpcer": bp, "acer": (ap + bp) / 2.0})
+    op_rule, op_types = (rule, None) if rule == "madation" else ("iso", attack_types)
+    for x in operating_points:
+        out[f"bpcer@apcer={_rate_key(x)}"] = M.bpcer_at_apcer(scores, labels, x, op_types, rule=op_rule)
+    for x in operating_points:
+        out[f"apcer@bpcer={_rate_key(x)}"] = M.apcer_at_bpcer(scores, labels, x, op_types, rule=op_rule)
+    if per_type and attack_types is not None:
+        for a, v in M.apcer_per_type(s, y, t, attack_types).items():
+            out[f"apcer[{a}]"] = v
+    return {k: float(v) for k, v in out.items()}
+
+
+def _check_metric_rule(rule: Any) -> str:
+    if not isinstance(rule, str) or rule not in METRIC_RULES:
+        raise ValueError(f"metric_rule must be one of {', '.join(map(repr, METRIC_RULES))}, "
+                         f"got {rule!r}")
+    return rule
+
+
+def _rule_details(rule: str) -> dict[str, Any]:
+    d: dict[str, Any] = {"metric_rule": rule}
+    if rule == "foundpad":
+        d["operating_point_rule"] = "iso"
+    return d
+
+
+def attack_metrics(scores: Any, labels: Any, threshold: float | None, attack_types: Any = None, *,
                    operating_points: Sequence[float] = OPERATING_POINTS,
-                   per_type: bool = False) -> dict[str, float]:
-    """Every attack-detection metric at a numeric ``threshold`` (see the module docstring)."""
+                   per_type: bool = False, rule: str = "iso") -> dict[str, float]:
+    """Every attack-detection metric at a numeric ``threshold`` (see the module docstring).
+
+    ``rule`` ``"madation"`` / ``"foundpad"``: the upstream rule; ``threshold=None`` then
+    means the rule's own EER point (the rates at it exactly as the upstream code reports them).
+    """
+    if _check_metric_rule(rule) != "iso":
+        return _rule_metrics(scores, labels, threshold, attack_types, operating_points, per_type,
+                             rule)
+    if threshold is None:
+        raise ValueError("threshold must be a number with rule 'iso'")
     s, y = M._validate(scores, labels)
     t = float(threshold)
     ap_max = M.apcer(s, y, t, attack_types, "max")
@@ -163,24 +242,30 @@ def attack_metrics(scores: Any, labels: Any, threshold: float, attack_types: Any
     return {k: float(v) for k, v in out.items()}
 
 
-def _prepare(scores, labels, attack_types, video_ids, video_average):
+def _prepare(scores, labels, attack_types, video_ids, video_average, rule="iso"):
     s = M._as_scores(scores)
     y = M._as_labels(labels, len(s)).astype(np.int64)
     n_samples = len(s)
     if attack_types is not None:
         attack_types = np.asarray(attack_types)
+    if rule != "iso":
+        s0 = np.asarray(scores)
+        if s0.dtype == np.float32:
+            s = s0       # upstream precision: the rule z-normalises float32 scores in float32
     if video_average and video_ids is not None:
-        s, y, attack_types, _ = average_per_video(s, y, video_ids, attack_types)
+        s, y, attack_types, _ = average_per_video(s, y, video_ids, attack_types,
+                                                  upstream_mean=rule == "foundpad")
     elif video_ids is not None and len(np.asarray(video_ids, dtype=object)) != n_samples:
         raise ValueError(f"length mismatch: {n_samples} scores but {len(video_ids)} video_ids")
     return s, y, attack_types, n_samples
 
 
-def _dev(dev_scores, dev_labels, dev_video_ids, video_average):
+def _dev(dev_scores, dev_labels, dev_video_ids, video_average, rule="iso"):
     if dev_scores is None or dev_labels is None:
         return dev_scores, dev_labels
     if video_average and dev_video_ids is not None:
-        ds, dy, _, _ = average_per_video(dev_scores, dev_labels, dev_video_ids)
+        ds, dy, _, _ = average_per_video(dev_scores, dev_labels, dev_video_ids,
+                                         upstream_mean=rule == "foundpad")
         return ds, dy
     return dev_scores, dev_labels
 
@@ -189,23 +274,28 @@ def evaluate_pad(scores: Any, labels: Any, attack_types: Any = None, video_ids: 
                  threshold: str | float = "test-eer", dev_scores: Any = None,
                  dev_labels: Any = None, dev_video_ids: Any = None, video_average: bool = True,
                  operating_points: Sequence[float] = OPERATING_POINTS,
-                 per_type: bool = True) -> AttackResult:
+                 per_type: bool = True, metric_rule: str = "iso") -> AttackResult:
     """PAD protocol: all attacks against all bona fide samples.
 
     With ``video_ids`` and ``video_average`` the frame scores of each video are averaged first
     (the development set's likewise, with ``dev_video_ids``).  ``threshold``: ``"test-eer"``,
     ``"dev-eer"`` (needs ``dev_scores`` and ``dev_labels``) or a number.  ``per_type`` adds
-    ``apcer[<type>]`` for each attack type.  Returns ``AttackResult(metrics, details)`` with
-    ``details = {"threshold", "threshold_source", "n_samples", "n_scored", "n_bona_fide",
-    "n_attack"}`` (``n_scored``: after video averaging).
+    ``apcer[<type>]`` for each attack type.  ``metric_rule``: ``"iso"``, ``"madation"`` or
+    ``"foundpad"`` (module docstring).  Returns ``AttackResult(metrics, details)`` with
+    ``details = {"threshold", "threshold_source", "metric_rule", "n_samples", "n_scored",
+    "n_bona_fide", "n_attack"}`` (``n_scored``: after video averaging; the threshold on the raw
+    score scale).
     """
-    s, y, at, n_samples = _prepare(scores, labels, attack_types, video_ids, video_average)
+    rule = _check_metric_rule(metric_rule)
+    s, y, at, n_samples = _prepare(scores, labels, attack_types, video_ids, video_average, rule)
     M._validate(s, y)
-    ds, dy = _dev(dev_scores, dev_labels, dev_video_ids, video_average)
-    t, source = resolve_threshold(threshold, s, y, ds, dy)
-    metrics = attack_metrics(s, y, t, at, operating_points=operating_points, per_type=per_type)
-    details = {"threshold": t, "threshold_source": source, "n_samples": n_samples,
-               "n_scored": int(len(s)), "n_bona_fide": int(y.sum()),
+    ds, dy = _dev(dev_scores, dev_labels, dev_video_ids, video_average, rule)
+    t, source = resolve_threshold(threshold, s, y, ds, dy, rule)
+    own_point = rule != "iso" and source == "test-eer"
+    metrics = attack_metrics(s, y, None if own_point else t, at,
+                             operating_points=operating_points, per_type=per_type, rule=rule)
+    details = {"threshold": t, "threshold_source": source, **_rule_details(rule),
+               "n_samples": n_samples, "n_scored": int(len(s)), "n_bona_fide": int(y.sum()),
                "n_attack": int(len(y) - y.sum())}
     return AttackResult(metrics, details)
 
@@ -213,7 +303,8 @@ def evaluate_pad(scores: Any, labels: Any, attack_types: Any = None, video_ids: 
 def evaluate_mad(scores: Any, labels: Any, attack_types: Any, video_ids: Any = None, *,
                  threshold: str | float = "test-eer", dev_scores: Any = None,
                  dev_labels: Any = None, dev_video_ids: Any = None, video_average: bool = True,
-                 operating_points: Sequence[float] = OPERATING_POINTS) -> AttackResult:
+                 operating_points: Sequence[float] = OPERATING_POINTS,
+                 metric_rule: str = "iso") -> AttackResult:
     """MAD protocol: bona fide against each morphing method, then the average over methods.
 
     ``attack_types`` names each attack's morphing method (required).  For each method ``m``
@@ -222,26 +313,31 @@ def evaluate_mad(scores: Any, labels: Any, attack_types: Any, video_ids: Any = N
     bpcer@apcer=x apcer@bpcer=x`` (one method per subset, so APCER needs no pooled variant).
     Threshold: ``"test-eer"`` takes each method's own EER threshold; ``"dev-eer"`` takes the
     EER threshold of the whole development set, the same for every method; a number is used as
-    is.  ``details["thresholds"]`` holds the threshold per method.
+    is.  ``details["thresholds"]`` holds the threshold per method.  ``metric_rule``: as
+    :func:`evaluate_pad`; under an upstream rule each method's subset (all bona fide + that
+    method's attacks, as MADation's per-method test lists) is z-normalised on its own.
     """
     if attack_types is None:
         raise ValueError("MAD needs attack_types: the morphing method of each attack sample")
-    s, y, at, n_samples = _prepare(scores, labels, attack_types, video_ids, video_average)
-    s, yb = M._validate(s, y)
+    rule = _check_metric_rule(metric_rule)
+    s, y, at, n_samples = _prepare(scores, labels, attack_types, video_ids, video_average, rule)
+    _, yb = M._validate(s, y)
     _, methods = M._as_types(at, yb)
     fixed: float | None = None
     source = "test-eer"
     if not (isinstance(threshold, str) and threshold == "test-eer"):
-        ds, dy = _dev(dev_scores, dev_labels, dev_video_ids, video_average)
-        fixed, source = resolve_threshold(threshold, s, y, ds, dy)
+        ds, dy = _dev(dev_scores, dev_labels, dev_video_ids, video_average, rule)
+        fixed, source = resolve_threshold(threshold, s, y, ds, dy, rule)
     per_method: dict[str, dict[str, float]] = {}
     thresholds: dict[str, float] = {}
     for m in methods:
         mask = yb | (at == m)
         sm, ym = s[mask], y[mask]
-        t = M.eer_threshold(sm, ym) if fixed is None else fixed
+        t = M.eer_threshold(sm, ym, rule=rule) if fixed is None else fixed
         thresholds[str(m)] = float(t)
-        met = attack_metrics(sm, ym, t, None, operating_points=operating_points)
+        own_point = rule != "iso" and fixed is None
+        met = attack_metrics(sm, ym, None if own_point else t, None,
+                             operating_points=operating_points, rule=rule)
         met.pop("apcer_pooled")
         per_method[str(m)] = met
     names = list(next(iter(per_method.values())))
@@ -251,9 +347,10 @@ def evaluate_mad(scores: Any, labels: Any, attack_types: Any, video_ids: Any = N
     for m, met in per_method.items():
         for k in names:
             metrics[f"{k}[{m}]"] = met[k]
-    details = {"threshold": fixed, "threshold_source": source, "thresholds": thresholds,
-               "methods": list(per_method), "n_samples": n_samples, "n_scored": int(len(s)),
-               "n_bona_fide": int(yb.sum()), "n_attack": int(len(yb) - yb.sum())}
+    details = {"threshold": fixed, "threshold_source": source, **_rule_details(rule),
+               "thresholds": thresholds, "methods": list(per_method), "n_samples": n_samples,
+               "n_scored": int(len(s)), "n_bona_fide": int(yb.sum()),
+               "n_attack": int(len(yb) - yb.sum())}
     return AttackResult(metrics, details)
 
 
