@@ -15,8 +15,9 @@ import os
 import socket
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Callable, Iterator
+from typing import IO
 
 TMP_SUFFIX = ".tmp"
 # a temporary of another host (which we cannot ask about its pid) is stale after this long
@@ -87,9 +88,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], binary: b
     file is removed and the old file stays.  The data is fsynced before the rename and the
     folder after it.
     """
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
-            write(f)
+    kwargs: dict = {} if binary else {"encoding": "utf-8"}
+    with atomic_path(path) as tmp, open(tmp, "wb" if binary else "w", **kwargs) as f:
+        write(f)
 
 
 def _pid_alive(pid: int) -> bool:

@@ -18,9 +18,10 @@ import logging
 import os
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -57,7 +58,7 @@ class Features:
     def skipped(self) -> int:
         return int((~self.valid).sum())
 
-    def dropping_unreadable(self) -> "Features":
+    def dropping_unreadable(self) -> Features:
         """The same features without the rows of unreadable images (classification, attacks)."""
         if self.valid.all():
             return self
@@ -72,7 +73,7 @@ class Features:
                             f"{', '.join(self.bad_items[:3])}; pair protocols cannot skip images")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _version(package: str) -> str:
     from importlib import metadata
 

@@ -35,9 +35,10 @@ import shutil
 import socket
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -211,20 +212,42 @@ class Store:
         except (OSError, ValueError, KeyError, TypeError):
             return "an unknown process"
 
+    @staticmethod
+    def _progress(d: Path) -> tuple[int, float]:
+        """(chunks committed, newest change) of an entry: a holder writing chunks is alive."""
+        try:
+            records = [p for p in (d / "chunks").iterdir() if p.suffix == ".json"]
+        except OSError:
+            records = []
+        newest = 0.0
+        for p in [*records, d / ".lock.owner", d / MANIFEST]:
+            with contextlib.suppress(OSError):
+                newest = max(newest, p.stat().st_mtime)
+        return len(records), newest
+
     def _wait(self, lock: Any, path: Path) -> Any:
+        """Wait for the lock, saying who holds it; give up after ``lock_timeout`` seconds
+        without progress from the holder (a holder that keeps committing chunks is waited for)."""
         from filelock import Timeout
 
-        t0 = time.monotonic()
+        t0 = last = time.monotonic()
+        seen = self._progress(path.parent)
         while True:
-            waited = time.monotonic() - t0
-            if waited >= self.lock_timeout:
-                raise LockTimeout(f"feature cache: gave up after {waited:.0f} s waiting for {path}, "
-                                  f"held by {self._holder(path)} (--lock-timeout "
-                                  f"{self.lock_timeout:g}); is another run using this cache?")
+            now = time.monotonic()
+            progress = self._progress(path.parent)
+            if progress != seen:
+                seen, last = progress, now
+            if now - last >= self.lock_timeout:
+                raise LockTimeout(f"feature cache: gave up after {now - t0:.0f} s waiting for {path}, "
+                                  f"held by {self._holder(path)} with no progress for "
+                                  f"{now - last:.0f} s (--lock-timeout {self.lock_timeout:g}); "
+                                  f"is another run stuck on this cache?")
             self.notify(f"feature cache: waiting for {path}, held by {self._holder(path)} "
-                        f"({waited:.0f} s of --lock-timeout {self.lock_timeout:g} s)")
+                        f"({now - t0:.0f} s; {seen[0]} chunk(s) written; --lock-timeout "
+                        f"{self.lock_timeout:g} s without progress)")
             try:
-                lock.acquire(timeout=max(0.05, min(self.wait_report_every, self.lock_timeout - waited)))
+                lock.acquire(timeout=max(0.05, min(self.wait_report_every,
+                                                   self.lock_timeout - (now - last))))
                 return lock
             except Timeout:
                 continue
@@ -289,7 +312,7 @@ class Store:
 
     # -------------------------------------------------------------------- chunked entries
 
-    def open_writer(self, key: str, n_rows: int, kind: str = "features") -> "ChunkWriter":
+    def open_writer(self, key: str, n_rows: int, kind: str = "features") -> ChunkWriter:
         return ChunkWriter(self, kind, key, n_rows)
 
 

@@ -182,7 +182,7 @@ def weights_fingerprint(spec: ModelSpec) -> str:
         if p and os.path.isfile(p):
             files.append(p)
     for f in files:
-        h.update(f"|{os.path.basename(f)}={file_sha256(f)}".encode())
+        h.update(f"|{os.path.basename(f)}={__import__('harness.fileid').fileid.memo_sha256(f)}".encode())
     return h.hexdigest()[:24]
 
 
