@@ -95,7 +95,16 @@ def _unseal(path: Path) -> dict:
 
 
 def _save_npy(path: Path, a: np.ndarray) -> None:
-    atomic_write(path, lambda f: np.save(f, np.ascontiguousarray(a), allow_pickle=False), binary=True)
+    """A raw .npy (header + C-order bytes), written so a full disk raises ENOSPC (``np.save``'s
+    ``tofile`` reports only "N requested and M written")."""
+    a = np.ascontiguousarray(a)
+
+    def write(f: Any) -> None:
+        np.lib.format.write_array_header_1_0(f, np.lib.format.header_data_from_array_1_0(a))
+        if a.size:
+            f.write(memoryview(a).cast("B"))
+
+    atomic_write(path, write, binary=True)
 
 
 def _load_checked(path: Path, shape: tuple, dtype: str, sha: str, mmap: bool = True) -> np.ndarray:
@@ -107,8 +116,8 @@ def _load_checked(path: Path, shape: tuple, dtype: str, sha: str, mmap: bool = T
             a = np.load(path, mmap_mode="c", allow_pickle=False)
         else:
             a = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
-        raise DamagedEntry(f"{path.name} unreadable ({e})") from None
+    except Exception as e:  # noqa: BLE001 - a damaged header can raise anything the parser can
+        raise DamagedEntry(f"{path.name} unreadable ({type(e).__name__}: {e})") from None
     if tuple(a.shape) != tuple(shape) or a.dtype.str != dtype:
         raise DamagedEntry(f"{path.name} has shape {tuple(a.shape)} {a.dtype.str}, "
                            f"manifest says {tuple(shape)} {dtype}")
