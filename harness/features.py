@@ -457,7 +457,7 @@ class FeatureCache:
 
         def check(arrays: dict, meta: dict) -> None:
             w = arrays["w"]
-            if w.ndim != 2 or len(w) != len(classnames):
+            if w.ndim != 2 or w.shape[1] != len(classnames):  # [embedding dim, classes]
                 raise DamagedEntry(f"classifier of shape {w.shape} for {len(classnames)} classes")
 
         with self.store.lock("text", key):

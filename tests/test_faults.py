@@ -353,7 +353,7 @@ def test_damaged_text_classifier_is_rebuilt(tmp_path, damage):
     from harness.features import FeatureCache
 
     model = WideModel()
-    w = np.random.default_rng(0).standard_normal((5, 24)).astype(np.float32)
+    w = np.random.default_rng(0).standard_normal((24, 5)).astype(np.float32)  # [dim, classes]
     calls = []
 
     def build():
@@ -420,9 +420,9 @@ def test_read_only_filesystem_is_one_line_naming_the_folder(images, clean_wide, 
         c = FeatureCache(mnt, chunk_rows=CHUNK)
         f = c.features(WideModel(), make_split(paths), batch_size=BATCH, num_workers=0)
         names = [f"c{i}" for i in range(3)]
-        w = c.text_classifier(WideModel(), names, ["{}"], lambda: np.eye(3, 4, dtype=np.float32))
+        w = c.text_classifier(WideModel(), names, ["{}"], lambda: np.eye(4, 3, dtype=np.float32))
         np.testing.assert_array_equal(np.asarray(f.x), clean_wide.x)
-        assert w.shape == (3, 4)
+        assert w.shape == (4, 3)
         assert c.warnings == [f"features not cached: {mnt}: Read-only file system"]
     finally:
         subprocess.run(["umount", str(mnt)], check=False)

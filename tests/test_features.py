@@ -342,3 +342,16 @@ def test_chunk_writer_api_for_a_feature_stage(tmp_path):
         np.testing.assert_array_equal(arrays["x"], full[k])
         assert list(np.flatnonzero(~arrays["valid"])) == ([5] if k == "k2" else [])
         assert not (store.entry_dir("features", k) / "chunks").exists()
+
+
+def test_text_classifier_is_read_back_without_rebuilding(tmp_path):
+    """[embedding dim, classes], as the zero-shot protocol builds it: read back, not rebuilt."""
+    w = np.arange(64 * 10, dtype=np.float32).reshape(64, 10)
+    calls = []
+    names = [f"c{i}" for i in range(10)]
+    for _ in range(2):
+        c = FeatureCache(tmp_path / "cache")  # a new process each time
+        got = c.text_classifier(PixelModel(), names, ["a photo of a {}."], lambda: calls.append(1) or w)
+        np.testing.assert_array_equal(got, w)
+        assert c.warnings == []
+    assert len(calls) == 1
