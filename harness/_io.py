@@ -81,7 +81,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     fsync_dir(path.parent)
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], binary: bool = False) -> None:
+def atomic_write(path: str | os.PathLike, write: Callable[[IO], object], binary: bool = False) -> None:
     """Call ``write(f)`` on a temporary sibling of ``path`` and rename it over ``path``.
 
     Readers see the old file or the new one, never a half-written one; on error the temporary

@@ -290,7 +290,7 @@ def extract(model, split, flip: bool = False, batch_size: int = 128,
         x = out[a:e].copy()
         x[~v] = 0.0
         try:
-            writer.write_chunk(a, x, v, [_item_name(split, i) for i in a + np.flatnonzero(~v)])
+            writer.write_chunk(a, x, v, [_item_name(split, int(i)) for i in a + np.flatnonzero(~v)])
         except OSError as err:
             writer = None
             if on_write_error is not None:
@@ -300,8 +300,10 @@ def extract(model, split, flip: bool = False, batch_size: int = 128,
     torch.set_num_threads(threads)
     try:
         if batches:
-            loader = DataLoader(ds, batch_sampler=batches, num_workers=workers, pin_memory=on_cuda,
-                                persistent_workers=False, prefetch_factor=4 if workers else None)
+            dataset: Any = ds
+            loader: Any = DataLoader(dataset, batch_sampler=batches, num_workers=workers,
+                                     pin_memory=on_cuda, persistent_workers=False,
+                                     prefetch_factor=4 if workers else None)
             ci = 0
             with torch.inference_mode():
                 for images, idx, ok in loader:
@@ -330,7 +332,7 @@ def extract(model, split, flip: bool = False, batch_size: int = 128,
     if out is None:
         out = np.zeros((n, 0), dtype=np.float32) if n else np.zeros((0, 0), dtype=np.float32)
     out[~valid] = 0.0
-    bad = [_item_name(split, i) for i in np.flatnonzero(~valid)]
+    bad = [_item_name(split, int(i)) for i in np.flatnonzero(~valid)]
     if writer is not None:
         try:
             writer.finish({"bad_items": bad, "seconds": seconds, "n_rows": n}, out, valid)

@@ -67,7 +67,7 @@ def _sha(data: Any) -> str:
 def array_sha256(a: np.ndarray) -> str:
     """sha256 of an array's bytes in C order (memory-mapped arrays are hashed in place)."""
     a = np.ascontiguousarray(a)
-    return _sha(memoryview(a).cast("B")) if a.size else _sha(b"")
+    return _sha(a.data.cast("B")) if a.size else _sha(b"")
 
 
 def _seal(body: dict) -> str:
@@ -102,7 +102,7 @@ def _save_npy(path: Path, a: np.ndarray) -> None:
     def write(f: Any) -> None:
         np.lib.format.write_array_header_1_0(f, np.lib.format.header_data_from_array_1_0(a))
         if a.size:
-            f.write(memoryview(a).cast("B"))
+            f.write(a.data.cast("B"))
 
     atomic_write(path, write, binary=True)
 
@@ -166,7 +166,9 @@ class Store:
         self.notify = notify
         self.wait_report_every = wait_report_every
         self.unwritable: str | None = None  # why the folder cannot be written (set on first failure)
-        self.swept = sweep_stale_temporaries(self.root)
+        # only the store's own folders: the cache folder may also hold datasets (demo-v1)
+        self.swept = [p for sub in ("features", "text", "fileid", "models")
+                      for p in sweep_stale_temporaries(self.root / sub)]
 
     def entry_dir(self, kind: str, key: str) -> Path:
         return self.root / kind / key[:2] / key
