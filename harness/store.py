@@ -26,7 +26,6 @@ Layout under the cache folder (``<kind>`` is ``features`` or ``text``)::
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import os
@@ -48,8 +47,6 @@ from harness.errors import HarnessError
 STORE_FORMAT = 2
 MANIFEST = "manifest.json"
 _CHUNK_RE = re.compile(r"^c(\d{10})-(\d{10})\.json$")
-# errors that mean "this folder cannot take the entry": proceed in memory, say so once
-NOT_WRITABLE = (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EPERM, errno.EDQUOT, errno.EFBIG)
 
 
 class DamagedEntry(Exception):
