@@ -88,3 +88,16 @@ def memo_sha256(path: str | os.PathLike) -> str:
         except OSError:
             pass  # an unwritable cache only costs the hash again next run
     return digest
+
+
+def portable(ref: str | None) -> str | None:
+    """A weights reference without where it is mounted, for fingerprints whose files are hashed
+    separately: ``local-dir:/mnt/a/m`` -> ``local-dir:``, a path to a file -> ``file:<name>``,
+    a tag (``openai``) or an architecture name unchanged."""
+    if ref is None:
+        return None
+    if ref.startswith("local-dir:"):
+        return "local-dir:"
+    if os.sep in ref or (os.altsep and os.altsep in ref) or os.path.isfile(ref):
+        return f"file:{os.path.basename(ref)}"
+    return ref

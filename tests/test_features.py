@@ -355,3 +355,12 @@ def test_text_classifier_is_read_back_without_rebuilding(tmp_path):
         np.testing.assert_array_equal(got, w)
         assert c.warnings == []
     assert len(calls) == 1
+
+
+def test_portable_weights_references_drop_the_mount_point(tmp_path):
+    from harness.fileid import portable
+
+    assert portable("local-dir:/mnt/a/models/m1") == portable("local-dir:/data/m1") == "local-dir:"
+    assert portable("/mnt/a/ckpt/model.pt") == portable("/b/model.pt") == "file:model.pt"
+    assert portable("openai") == "openai" and portable("ViT-B-16") == "ViT-B-16"
+    assert portable(None) is None
