@@ -364,3 +364,22 @@ def test_portable_weights_references_drop_the_mount_point(tmp_path):
     assert portable("/mnt/a/ckpt/model.pt") == portable("/b/model.pt") == "file:model.pt"
     assert portable("openai") == "openai" and portable("ViT-B-16") == "ViT-B-16"
     assert portable(None) is None
+
+
+def test_local_dir_and_file_weights_fingerprints_do_not_depend_on_the_mount(tmp_path):
+    from harness.models import weights_fingerprint
+    from harness.suite import ModelSpec
+
+    fps = {}
+    for mount in ("a", "b/c"):
+        d = tmp_path / mount / "model"
+        d.mkdir(parents=True)
+        (d / "open_clip_config.json").write_text("{}")
+        (d / "open_clip_model.safetensors").write_bytes(b"w" * 100)
+        fps[mount] = (weights_fingerprint(ModelSpec(id="m", arch=f"local-dir:{d}", source="s.toml")),
+                      weights_fingerprint(ModelSpec(id="m", arch="ViT-B-16", source="s.toml",
+                                                    pretrained=str(d / "open_clip_model.safetensors"))))
+    assert fps["a"] == fps["b/c"]
+    (tmp_path / "a" / "model" / "open_clip_model.safetensors").write_bytes(b"v" * 100)
+    d = tmp_path / "a" / "model"
+    assert weights_fingerprint(ModelSpec(id="m", arch=f"local-dir:{d}", source="s.toml")) != fps["a"][0]

@@ -168,9 +168,12 @@ LOADER_VERSION = 2
 
 def weights_fingerprint(spec: ModelSpec) -> str:
     """What the weights depend on: file hashes where there are files, else arch + tag."""
+    from harness import fileid as _fid
+
     h = hashlib.sha256()
     h.update(f"loader={LOADER_VERSION}|".encode())
-    h.update(f"arch={spec.arch}|pretrained={spec.pretrained}|format={spec.checkpoint_format}".encode())
+    h.update(f"arch={_fid.portable(spec.arch)}|pretrained={_fid.portable(spec.pretrained)}"
+             f"|format={spec.checkpoint_format}".encode())
     h.update(f"|lora={spec.lora}|polarity={spec.score_polarity}".encode())
     files: list[str] = []
     if spec.arch.startswith("local-dir:"):
@@ -182,7 +185,7 @@ def weights_fingerprint(spec: ModelSpec) -> str:
         if p and os.path.isfile(p):
             files.append(p)
     for f in files:
-        h.update(f"|{os.path.basename(f)}={__import__('harness.fileid').fileid.memo_sha256(f)}".encode())
+        h.update(f"|{os.path.basename(f)}={_fid.memo_sha256(f)}".encode())
     return h.hexdigest()[:24]
 
 
