@@ -1,32 +1,36 @@
 """Batched feature extraction and its content-addressed disk cache.
 
 Features are keyed by a fingerprint of everything they depend on: the model's weights
-(file hashes, or architecture + pretrained tag), its preprocessing, the split's file list
-(paths, sizes, modification times), the split name and the flip setting.  One pass over the
-images per key per run; none when the run is repeated.  Entries are written atomically
-(temporary file + rename) under a file lock, so two xdist workers never extract the same entry
-twice or read a half-written file.
+(content hashes of its files, or architecture + pretrained tag), its preprocessing, the split's
+content fingerprint, the split name, the flip setting, and the runtime that computes them:
+device type, compute dtype (autocast), torch and open_clip versions.  One pass over the images
+per key per run; none when the run is repeated.  The store (:mod:`harness.store`) writes each
+split in checksummed chunks as extraction proceeds, so a killed run resumes; a damaged entry is
+recomputed with a warning (collected in ``FeatureCache.warnings``); a cache that cannot be
+written leaves the features in memory with a warning.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from harness._io import atomic_write
 from harness.errors import DataError
+from harness.store import ChunkWriter, DamagedEntry, Store
 
 log = logging.getLogger(__name__)
 
-FEATURE_FORMAT = 1  # bump when the stored layout or the extraction semantics change
+FEATURE_FORMAT = 2  # bump when the stored layout or the extraction semantics change
 MAX_UNREADABLE = 0.01  # more than this share of unreadable images fails the case
 
 
@@ -54,7 +58,7 @@ class Features:
     def skipped(self) -> int:
         return int((~self.valid).sum())
 
-    def dropping_unreadable(self) -> "Features":
+    def dropping_unreadable(self) -> Features:
         """The same features without the rows of unreadable images (classification, attacks)."""
         if self.valid.all():
             return self
@@ -69,19 +73,47 @@ class Features:
                             f"{', '.join(self.bad_items[:3])}; pair protocols cannot skip images")
 
 
+@functools.cache
+def _version(package: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "none"
+
+
+def compute_dtype(model) -> str:
+    """The dtype the model's forward pass really computes in (what ``--autocast`` changes)."""
+    dtype = getattr(model, "compute_dtype", None)
+    if dtype is not None:
+        return str(dtype).replace("torch.", "")
+    if getattr(model, "autocast", False) and str(getattr(model, "device", "cpu")).startswith("cuda"):
+        return "bfloat16-autocast"
+    return "float32"
+
+
+def runtime_fingerprint(model) -> str:
+    """Device type, compute dtype and library versions: inputs that change the numbers."""
+    device = str(getattr(model, "device", "cpu")).split(":")[0]
+    return (f"device={device}|dtype={compute_dtype(model)}|torch={_version('torch')}"
+            f"|open_clip={_version('open_clip_torch')}")
+
+
 def feature_key(model_fingerprint: str, preprocess_fingerprint: str, split_fingerprint: str,
-                split: str, flip: bool) -> str:
+                split: str, flip: bool, runtime: str = "") -> str:
     h = hashlib.sha256()
     for part in (f"v{FEATURE_FORMAT}", model_fingerprint, preprocess_fingerprint,
-                 split_fingerprint, split, f"flip={bool(flip)}"):
+                 split_fingerprint, split, f"flip={bool(flip)}", runtime):
         h.update(part.encode())
         h.update(b"\0")
     return h.hexdigest()[:32]
 
 
-def text_key(model_fingerprint: str, classnames: list[str], templates: list[str]) -> str:
+def text_key(model_fingerprint: str, classnames: list[str], templates: list[str], runtime: str = ""
+             ) -> str:
     h = hashlib.sha256()
-    h.update(f"text-v{FEATURE_FORMAT}\0{model_fingerprint}\0".encode())
+    h.update(f"text-v{FEATURE_FORMAT}\0{model_fingerprint}\0{runtime}\0".encode())
     for c in classnames:
         h.update(c.encode() + b"\1")
     h.update(b"\0")
@@ -166,143 +198,283 @@ def _probe_costs(model, ds, k: int = 8) -> tuple[float, float]:
     return decode, forward
 
 
+def _item_name(split, i: int) -> str:
+    item = split.items[i]
+    return str(item) if isinstance(item, (str, os.PathLike)) else f"#{i}"
+
+
+def _missing_ranges(n: int, done: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out, pos = [], 0
+    for a, b in sorted(done):
+        if a > pos:
+            out.append((pos, a))
+        pos = max(pos, b)
+    if pos < n:
+        out.append((pos, n))
+    return out
+
+
+def _chunk_plan(missing: list[tuple[int, int]], chunk_rows: int) -> list[tuple[int, int]]:
+    """Missing rows cut on the global grid of ``chunk_rows`` (so a resumed run's chunks and
+    batches line up with a clean run's)."""
+    chunks = []
+    for a, b in missing:
+        s = a
+        while s < b:
+            e = min(b, (s // chunk_rows + 1) * chunk_rows)
+            chunks.append((s, e))
+            s = e
+    return chunks
+
+
 def extract(model, split, flip: bool = False, batch_size: int = 128,
-            num_workers: int | None = None, progress: bool = False) -> Features:
-    """Run every image of ``split`` through ``model.encode_image`` (flip: f(x) + f(flip x))."""
+            num_workers: int | None = None, progress: bool = False,
+            writer: ChunkWriter | None = None, chunk_rows: int = 4096,
+            on_write_error: Callable[[OSError], None] | None = None) -> Features:
+    """Run every image of ``split`` through ``model.encode_image`` (flip: f(x) + f(flip x)).
+
+    With a ``writer`` the rows already committed by an earlier (killed) run are read back
+    instead of decoded, each completed chunk of ``chunk_rows`` rows (rounded to whole batches)
+    is committed as soon as it is done, and the entry is finished at the end.  A write that
+    fails (full disk, read-only folder) goes to ``on_write_error`` and extraction carries on in
+    memory.
+    """
     import torch
     from torch.utils.data import DataLoader
+
+    n = len(split)
+    out: np.ndarray | None = None
+    valid = np.ones(n, dtype=bool)
+    done = []
+    if writer is not None:
+        for c in writer.completed():
+            if out is None:
+                out = np.zeros((n, c.x.shape[1]), dtype=np.float32)
+            if c.x.shape[1] != out.shape[1]:
+                continue  # a chunk of another width cannot be ours: recompute its rows
+            out[c.start:c.stop] = c.x
+            valid[c.start:c.stop] = c.valid
+            done.append((c.start, c.stop))
+    resumed = sum(b - a for a, b in done)
+    rows = max(batch_size, (max(chunk_rows, 1) // batch_size) * batch_size)
+    plan = _chunk_plan(_missing_ranges(n, done), rows)
+    batches = [list(range(s, min(s + batch_size, e))) for a, e in plan for s in range(a, e, batch_size)]
 
     pre = model.preprocess
     ds = _ImageDataset(split, pre.transform(), pre.size)
     on_cuda = str(model.device).startswith("cuda")
     threads_before = torch.get_num_threads()
     threads = threads_before
-    if num_workers is None and str(model.device) == "cpu" and len(ds) >= 512:
+    todo = sum(len(b) for b in batches)
+    if not todo:
+        workers = 0
+    elif num_workers is None and str(model.device) == "cpu" and todo >= 512:
         cpus = _cpus()
         workers, threads = plan_cpu_loader(*_probe_costs(model, ds), cpus)
     else:
-        workers = _num_workers(len(ds), num_workers)
+        workers = _num_workers(todo, num_workers)
         if str(model.device) == "cpu" and workers:
             threads = max(1, _cpus() - workers)
-    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
-                        pin_memory=on_cuda, persistent_workers=False,
-                        prefetch_factor=4 if workers else None)
-    out: np.ndarray | None = None
-    valid = np.ones(len(ds), dtype=bool)
     bar = None
-    if progress:
+    if progress and todo:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(ds), unit="img", desc=f"features {model.id}/{split.name}",
+        bar = tqdm(total=n, initial=resumed, unit="img", desc=f"features {model.id}/{split.name}",
                    leave=False, dynamic_ncols=True)
+
+    def commit(a: int, e: int) -> None:
+        nonlocal writer
+        if writer is None or out is None:
+            return
+        v = valid[a:e]
+        x = out[a:e].copy()
+        x[~v] = 0.0
+        try:
+            writer.write_chunk(a, x, v, [_item_name(split, int(i)) for i in a + np.flatnonzero(~v)])
+        except OSError as err:
+            writer = None
+            if on_write_error is not None:
+                on_write_error(err)
+
     t0 = time.perf_counter()
     torch.set_num_threads(threads)
     try:
-        with torch.inference_mode():
-            for images, idx, ok in loader:
-                if flip:
-                    both = torch.cat([images, images.flip(-1)], 0)
-                    f = model.encode_image(both)
-                    f = f[: len(images)] + f[len(images):]
-                else:
-                    f = model.encode_image(images)
-                f = f.cpu().numpy()
-                if out is None:
-                    out = np.zeros((len(ds), f.shape[1]), dtype=np.float32)
-                idx = idx.numpy()
-                out[idx] = f
-                valid[idx] = ok.numpy().astype(bool)
-                if bar is not None:
-                    bar.update(len(idx))
+        if batches:
+            dataset: Any = ds
+            loader: Any = DataLoader(dataset, batch_sampler=batches, num_workers=workers,
+                                     pin_memory=on_cuda, persistent_workers=False,
+                                     prefetch_factor=4 if workers else None)
+            ci = 0
+            with torch.inference_mode():
+                for images, idx, ok in loader:
+                    if flip:
+                        both = torch.cat([images, images.flip(-1)], 0)
+                        f = model.encode_image(both)
+                        f = f[: len(images)] + f[len(images):]
+                    else:
+                        f = model.encode_image(images)
+                    f = f.float().cpu().numpy()
+                    if out is None:
+                        out = np.zeros((n, f.shape[1]), dtype=np.float32)
+                    idx = idx.numpy()
+                    out[idx] = f
+                    valid[idx] = ok.numpy().astype(bool)
+                    if bar is not None:
+                        bar.update(len(idx))
+                    while ci < len(plan) and idx[-1] + 1 >= plan[ci][1]:
+                        commit(*plan[ci])
+                        ci += 1
     finally:
         torch.set_num_threads(threads_before)
     if bar is not None:
         bar.close()
     seconds = time.perf_counter() - t0
     if out is None:
-        out = np.zeros((0, 0), dtype=np.float32)
+        out = np.zeros((n, 0), dtype=np.float32) if n else np.zeros((0, 0), dtype=np.float32)
     out[~valid] = 0.0
-    bad = [str(split.items[i]) if isinstance(split.items[i], (str, os.PathLike)) else f"#{i}"
-           for i in np.flatnonzero(~valid)]
+    bad = [_item_name(split, int(i)) for i in np.flatnonzero(~valid)]
+    if writer is not None:
+        try:
+            writer.finish({"bad_items": bad, "seconds": seconds, "n_rows": n}, out, valid)
+        except OSError as err:
+            if on_write_error is not None:
+                on_write_error(err)
     return Features(out, split.labels, valid, bad, seconds, False,
-                    loader={"workers": workers, "threads": threads})
+                    loader={"workers": workers, "threads": threads, "resumed_rows": resumed,
+                            "decoded_rows": todo})
 
 
 # -------------------------------------------------------------------------------- cache
 
-def _atomic_save(path: Path, **arrays: Any) -> None:
-    atomic_write(path, lambda f: np.savez(f, **arrays), binary=True)
+def _nbytes(value: Any) -> int:
+    if isinstance(value, np.ndarray):
+        return int(value.nbytes)
+    if isinstance(value, Features):
+        return int(value.x.nbytes + value.valid.nbytes)
+    return 0
 
 
 class FeatureCache:
-    """Disk cache of extracted features and text classifiers, plus a small in-process LRU."""
+    """Disk cache of extracted features and text classifiers, plus an in-process LRU bounded in
+    bytes (``memory_bytes``).
 
-    def __init__(self, root: str | os.PathLike, refresh: bool = False, memory_entries: int = 4):
+    ``warnings``: one line per event the user must see (a damaged entry recomputed, a cache that
+    could not be written, a lock waited on); the plugin shows them in the summary and report.
+    """
+
+    def __init__(self, root: str | os.PathLike, refresh: bool = False,
+                 memory_bytes: int = 2 << 30, lock_timeout: float = 300.0, chunk_rows: int = 4096,
+                 memory_entries: int | None = None):
+        from harness import fileid
+
         self.root = Path(root)
         self.refresh = refresh
+        self.warnings: list[str] = []
         self._refreshed: set[str] = set()
         self._memory: OrderedDict[str, Any] = OrderedDict()
-        self._memory_entries = memory_entries
+        self._memory_bytes = memory_bytes
+        self._memory_used = 0
+        self._memory_sizes: dict[str, int] = {}
+        self.chunk_rows = chunk_rows
         self.extractions = 0  # how many times images went through a network (tests read it)
+        self.store = Store(self.root, self._warn, lock_timeout=lock_timeout)
+        fileid.use_folder(self.root / "fileid")
 
-    def _path(self, kind: str, key: str) -> Path:
-        return self.root / kind / key[:2] / f"{key}.npz"
+    def _warn(self, message: str) -> None:
+        if message not in self.warnings:
+            self.warnings.append(message)
+            log.warning("%s", message)
 
     def _remember(self, key: str, value: Any) -> Any:
+        size = _nbytes(value)
+        if key in self._memory:
+            self._memory_used -= self._memory_sizes.pop(key, 0)
+            del self._memory[key]
+        if size > self._memory_bytes:
+            return value  # larger than the whole budget: not kept
         self._memory[key] = value
-        self._memory.move_to_end(key)
-        while len(self._memory) > self._memory_entries:
-            self._memory.popitem(last=False)
+        self._memory_sizes[key] = size
+        self._memory_used += size
+        while self._memory_used > self._memory_bytes:
+            old, _ = self._memory.popitem(last=False)
+            self._memory_used -= self._memory_sizes.pop(old, 0)
         return value
 
-    def _get(self, kind: str, key: str, compute: Callable[[], dict[str, np.ndarray]]):
-        """Return the arrays stored under key, computing and storing them when absent."""
-        from filelock import FileLock
-
-        if key in self._memory and not (self.refresh and key not in self._refreshed):
-            return self._memory[key], True
-        path = self._path(kind, key)
-        force = self.refresh and key not in self._refreshed
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(path) + ".lock"):
-            if path.exists() and not force:
-                try:
-                    with np.load(path, allow_pickle=False) as z:
-                        arrays = {k: z[k] for k in z.files}
-                    return self._remember(key, arrays), True
-                except (OSError, ValueError, EOFError) as e:  # a damaged entry: recompute it
-                    log.warning("feature cache entry %s unreadable (%s); recomputing", path, e)
-            arrays = compute()
-            _atomic_save(path, **arrays)
-            self._refreshed.add(key)
-            return self._remember(key, arrays), False
+    def _forced(self, key: str) -> bool:
+        return self.refresh and key not in self._refreshed
 
     def features(self, model, split, flip: bool = False, batch_size: int = 128,
                  num_workers: int | None = None, progress: bool = False) -> Features:
         key = feature_key(model.fingerprint, model.preprocess.fingerprint, split.fingerprint(),
-                          split.name, flip)
-        result: dict[str, Features] = {}
+                          split.name, flip, runtime_fingerprint(model))
+        force = self._forced(key)
+        if not force and key in self._memory:
+            self._memory.move_to_end(key)
+            f = self._memory[key]
+            return Features(f.x, split.labels, f.valid, list(f.bad_items), 0.0, True, key)
+        n = len(split)
 
-        def compute() -> dict[str, np.ndarray]:
+        def check(arrays: dict, meta: dict) -> None:
+            x, v = arrays["x"], arrays["valid"]
+            if x.ndim != 2 or len(x) != n or len(v) != n:
+                raise DamagedEntry(f"{len(x)} feature rows / {len(v)} flags for {n} images")
+            if len(meta.get("bad_items", [])) != int((~v.astype(bool)).sum()):
+                raise DamagedEntry("unreadable-image list does not match the flags")
+
+        with self.store.lock("features", key):
+            if force:
+                self.store.discard("features", key)
+                self._refreshed.add(key)
+            else:
+                got = self.store.read("features", key, check)
+                if got is not None:
+                    arrays, meta = got
+                    f = Features(arrays["x"], split.labels, np.asarray(arrays["valid"], dtype=bool),
+                                 [str(s) for s in meta.get("bad_items", [])], 0.0, True, key)
+                    self._remember(key, f)
+                    return f
+            writer = None
+            if self.store.writable():
+                writer = self.store.open_writer(key, n)
+                try:
+                    writer.chunk_dir.mkdir(parents=True, exist_ok=True)
+                except OSError as e:
+                    self.store.write_failed(e)
+                    writer = None
             self.extractions += 1
-            f = extract(model, split, flip, batch_size, num_workers, progress)
-            result["f"] = f
-            return {"x": f.x, "valid": f.valid, "bad_items": np.array(f.bad_items, dtype=str),
-                    "seconds": np.array(f.seconds)}
-
-        arrays, cached = self._get("features", key, compute)
-        if "f" in result:
-            f = result["f"]
-            f.key = key
-            return f
-        return Features(arrays["x"], split.labels, arrays["valid"].astype(bool),
-                        [str(s) for s in arrays["bad_items"]], 0.0, True, key)
+            f = extract(model, split, flip, batch_size, num_workers, progress, writer=writer,
+                        chunk_rows=self.chunk_rows, on_write_error=self.store.write_failed)
+        f.key = key
+        self._remember(key, f)
+        return f
 
     def text_classifier(self, model, classnames: list[str], templates: list,
                         build: Callable[[], np.ndarray]) -> np.ndarray:
-        key = text_key(model.fingerprint, classnames, [getattr(t, "__name__", t) for t in templates])
-        arrays, _ = self._get("text", key, lambda: {"w": np.asarray(build(), dtype=np.float32)})
-        return arrays["w"]
+        key = text_key(model.fingerprint, classnames, [getattr(t, "__name__", t) for t in templates],
+                       runtime_fingerprint(model))
+        force = self._forced(key)
+        if not force and key in self._memory:
+            self._memory.move_to_end(key)
+            return self._memory[key]
+
+        def check(arrays: dict, meta: dict) -> None:
+            w = arrays["w"]
+            if w.ndim != 2 or w.shape[1] != len(classnames):  # [embedding dim, classes]
+                raise DamagedEntry(f"classifier of shape {w.shape} for {len(classnames)} classes")
+
+        with self.store.lock("text", key):
+            got = None if force else self.store.read("text", key, check)
+            if got is not None:
+                return self._remember(key, np.asarray(got[0]["w"]))
+            self._refreshed.add(key)
+            w = np.asarray(build(), dtype=np.float32)
+            if self.store.writable():
+                try:
+                    self.store.discard("text", key)
+                    self.store.write("text", key, {"w": w}, {"classes": len(classnames)})
+                except OSError as e:
+                    self.store.write_failed(e)
+        return self._remember(key, w)
 
 
 def check_unreadable(features: Features, where: str) -> None:

@@ -64,6 +64,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="feature cache folder (default: $HARNESS_CACHE, else ~/.cache/tradeoff-bench)")
     g.addoption("--refresh-features", action="store_true", default=False,
                 help="recompute cached features")
+    g.addoption("--lock-timeout", type=float, default=300.0, metavar="SECONDS",
+                help="give up waiting for another run's feature-cache lock after SECONDS without "
+                     "progress (default: 300)")
     g.addoption("--device", default=None, metavar="cpu|cuda|cuda:N|mps",
                 help="device for the models (default: cuda, then mps, then cpu)")
     g.addoption("--autocast", nargs="?", const="bf16", default=None, choices=("bf16", "fp16"),

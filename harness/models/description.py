@@ -17,23 +17,16 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from harness.fileid import portable
 from harness.models.preprocess import Preprocess
 from harness.suite import ModelSpec
 
-_HASH_MEMO: dict[tuple[str, int, int], str] = {}
-
-
 def file_sha256(path: str) -> str:
-    """sha256 of a file's bytes, memoised on (path, size, mtime) for the process."""
-    st = os.stat(path)
-    key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
-    if key not in _HASH_MEMO:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 22), b""):
-                h.update(chunk)
-        _HASH_MEMO[key] = h.hexdigest()
-    return _HASH_MEMO[key]
+    """sha256 of a file's bytes, memoised per (path, size, mtime_ns, inode) in the process and
+    on disk under the feature cache (:func:`harness.fileid.memo_sha256`)."""
+    from harness import fileid
+
+    return fileid.memo_sha256(path)
 
 
 # Bump when the way a spec turns into weights changes (2: QuickGELU forced for clip-lora and
@@ -45,7 +38,9 @@ def weights_fingerprint(spec: ModelSpec) -> str:
     """What the weights depend on: file hashes where there are files, else arch + tag."""
     h = hashlib.sha256()
     h.update(f"loader={LOADER_VERSION}|".encode())
-    h.update(f"arch={spec.arch}|pretrained={spec.pretrained}|format={spec.checkpoint_format}".encode())
+    # where the files are mounted is not part of the identity (stores shared across nodes)
+    h.update(f"arch={portable(spec.arch)}|pretrained={portable(spec.pretrained)}"
+             f"|format={spec.checkpoint_format}".encode())
     h.update(f"|lora={spec.lora}|polarity={spec.score_polarity}".encode())
     files: list[str] = []
     if spec.arch.startswith("local-dir:"):
