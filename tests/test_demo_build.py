@@ -24,8 +24,8 @@ from PIL import Image
 torch = pytest.importorskip("torch")
 open_clip = pytest.importorskip("open_clip")
 
-from fixtures.demo import build_info, ensure_demo  # noqa: E402
-from fixtures.demo import build as B  # noqa: E402
+from tradeoff_bench_fixtures.demo import build_info, ensure_demo  # noqa: E402
+from tradeoff_bench_fixtures.demo import build as B  # noqa: E402
 
 RANK, ALPHA = 4, 8.0
 SCALE = ALPHA / math.sqrt(RANK)  # rslora
@@ -468,7 +468,7 @@ def test_face_generation_is_deterministic(tmp_path):
 
 
 def test_concurrent_callers_build_once(tmp_path, monkeypatch):
-    import fixtures.demo as demo_mod
+    import tradeoff_bench_fixtures.demo as demo_mod
 
     calls = []
 

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from harness.metrics import tar_at_far, verification_accuracy
+from harness.protocols import ProtocolResult
 
 MIN_IMPOSTORS_FOR_TAR = 1000
 TAR_FAR = 1e-3
@@ -35,7 +36,7 @@ def pair_cosine(emb1: np.ndarray, emb2: np.ndarray) -> np.ndarray:
     return np.divide(dots, den, out=np.zeros_like(dots), where=den > 0)
 
 
-def evaluate(embeddings: Any, issame: Any, n_folds: int = 10) -> dict[str, float]:
+def evaluate(embeddings: Any, issame: Any, n_folds: int = 10) -> ProtocolResult:
     """Metrics of a pair list: ``accuracy``, ``accuracy_std`` and (enough pairs) ``tar@far=1e-3``."""
     emb = np.asarray(embeddings)
     same = np.asarray(issame)
@@ -53,4 +54,4 @@ def evaluate(embeddings: Any, issame: Any, n_folds: int = 10) -> dict[str, float
     n_imp = int(np.count_nonzero(~labels))
     if n_imp >= MIN_IMPOSTORS_FOR_TAR and n_imp < len(labels):
         out["tar@far=1e-3"] = float(tar_at_far(pair_cosine(e1, e2), labels, TAR_FAR))
-    return out
+    return ProtocolResult(out, {})
