@@ -10,8 +10,9 @@ rather than from the plugin.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from harness.errors import HarnessError
 

@@ -9,8 +9,8 @@ from the protocol registry (:func:`harness.protocols.lower_is_better`).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Iterable, Mapping
 
 from harness.errors import HarnessError, SuiteError
 from harness.protocols import PROTOCOLS, lower_is_better

@@ -13,8 +13,9 @@ from the dataset's own ``dev`` split (:func:`dev_source`).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -10,9 +10,9 @@ here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 import re
-from functools import lru_cache
+from dataclasses import dataclass, field
+from functools import cache, lru_cache
 from typing import Any, NamedTuple
 
 
@@ -44,7 +44,7 @@ class Option:
         return " or ".join(names.get(t, t.__name__) for t in self.types)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _pattern(pattern: str) -> re.Pattern[str]:
     return re.compile(".*".join(re.escape(part) for part in pattern.split("*")) + r"\Z")
 
