@@ -341,3 +341,25 @@ def test_case_lookup_is_built_from_the_suite_not_parsed(project, assets, pyteste
     assert sess.case_of_nodeid("x.py::test_zeroshot[a-b-nothing]") is None
     assert sess.case_of_nodeid("x.py::test_other") is None
     assert len(sess.cases) == len(suite.cases()) == 8
+
+
+@pytest.mark.parametrize("hostile, expected", [
+    (lambda t: t.replace("[models.alpha]", "# caf\xe9\n[models.alpha]").encode("latin-1"),
+     "not UTF-8 text (byte "),
+    (lambda t: (t + "x = " + "[" * 100_000 + "]" * 100_000 + "\n").encode(),
+     "nested too deep to parse; expected at most 32 levels"),
+    (lambda t: t.replace('baseline = "alpha"', 'preprocess = { size = 100000000000000000000000000 }').encode(),
+     "[models.beta.preprocess] size: expected an integer in 1..4096 (pixels), got 1000000000"),
+    (lambda t: t.replace('baseline = "alpha"', 'preprocess = { size = 1e26 }').encode(),
+     "[models.beta.preprocess] size: expected an integer, got number 1e+26"),
+    (lambda t: t.replace('baseline = "alpha"', 'preprocess = { size = -5 }').encode(),
+     "[models.beta.preprocess] size: expected an integer in 1..4096 (pixels), got -5"),
+    (lambda t: t.replace('baseline = "alpha"', 'label = "' + "L" * 300 + '"').encode(),
+     "[models.beta] label: expected at most 200 characters, got 300"),
+])
+def test_hostile_suite_is_one_line_exit_4(pytester, assets, hostile, expected):
+    shutil.copy(REPO / "benchmarks" / "test_general.py", pytester.path / "test_general.py")
+    (pytester.path / "suite.toml").write_bytes(hostile(suite_text(assets)))
+    res = pytester.runpytest_inprocess("test_general.py", "--suite", str(pytester.path / "suite.toml"),
+                                       "-p", "no:cacheprovider")
+    _one_line_usage_error(res, expected)
