@@ -214,15 +214,15 @@ class HarnessSession:
         if empty:
             items[:] = [it for it in items if not _is_no_cases(it)]
             config.hook.pytest_deselected(items=empty)
-        positions = [i for i, it in enumerate(items) if _case_of_item(it) is not None]
-        if not positions:
+        specs = {i: spec for i, it in enumerate(items) if (spec := _case_of_item(it)) is not None}
+        if not specs:
             return
         order = {m: i for i, m in enumerate(self.suite.models)}
-        cases = [items[i] for i in positions]
-        cases.sort(key=lambda it: order.get(_case_of_item(it).model, len(order)))
-        for i, it in zip(positions, cases):
+        positions = list(specs)
+        ranked = sorted(positions, key=lambda i: order.get(specs[i].model, len(order)))
+        cases = [(items[j], specs[j]) for j in ranked]
+        for i, (it, spec) in zip(positions, cases):
             items[i] = it
-            spec = _case_of_item(it)
             it.user_properties.append((CASE_PROP, {"model": spec.model, "dataset": spec.dataset,
                                                    "protocol": spec.protocol}))
 
