@@ -18,22 +18,21 @@ def test_zeroshot(harness_case):
     test = case.features("test")
     classnames = classnames_for(case.dataset_spec, case.dataset.classnames)
     classifier = case.text_classifier(classnames, templates_for(case.dataset_spec))
-    metrics = case.measure(zeroshot.evaluate, test.x, test.labels, classifier, n_images=len(test))
-    case.record(metrics, n_test=len(test))
+    result = case.measure(zeroshot.evaluate, test.x, test.labels, classifier, n_images=len(test))
+    case.record(result, n_test=len(test))
 
 
 def test_linear_probe(harness_case):
     from harness.protocols import linear_probe
 
     case = harness_case
-    train = case.features("train")
-    test = case.features("test")
+    train, test = case.features("train"), case.features("test")
     val = case.features("val") if "val" in case.dataset.splits else None
-    metrics, details = case.measure(
+    result = case.measure(
         linear_probe.evaluate, train.x, train.labels, test.x, test.labels,
         val_x=None if val is None else val.x, val_y=None if val is None else val.labels,
         variant=case.option("probe"), val_fraction=case.option("val_fraction"),
         split_seed=case.option("split_seed"), device=case.h.device,
         n_classes=len(case.dataset.classnames or []) or None,
         n_images=len(train) + len(test))
-    case.record(metrics, **{"n_train": len(train), "n_test": len(test), **details})
+    case.record(result, n_train=len(train), n_test=len(test))

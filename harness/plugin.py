@@ -5,8 +5,13 @@ load with the first model, so ``pytest --help`` and ``--collect-only`` stay fast
 
 A benchmark is a test function named ``test_<protocol>`` that requests the ``harness_case``
 fixture; the plugin parametrizes it with one case per model x dataset of the suite whose
-dataset lists that protocol, with ids ``model-dataset`` and a marker per protocol plus
-``general`` or ``biometric``.
+dataset lists that protocol (and, where the dataset says ``models``/``exclude_models``, only
+the models it chooses), with ids ``model-dataset`` and a marker per protocol plus its group
+(``general`` or ``biometric``), all from :data:`harness.protocols.PROTOCOLS`.  A benchmark
+function with no case in the suite is deselected.
+
+Mistakes in the suite or the options stop the run in ``pytest_configure`` (or at collection
+when the suite is the default one), before any model loads: one line, exit status 4.
 """
 
 from __future__ import annotations
@@ -15,43 +20,26 @@ import datetime as _dt
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
 import pytest
 
+from harness.cases import CaseSpec, check_device, resolve_device
 from harness.errors import HarnessError
-from harness.protocols import PROTOCOLS
+from harness.gates import check_options, load_baseline, validate_gates
+from harness.protocols import PROTOCOLS, markers
 from harness.results import CaseRecord, ResultStore, render_report
-from harness.suite import Suite, load_suite, resolve_suite
+from harness.suite import Suite, load_suite, resolve_suite, suites_dirs
 
+FIXTURES_MODULE = "tradeoff_bench_fixtures"  # the repository's fixtures/ folder, installed
 CASE_PROP = "harness_case"        # user_properties: {"model", "dataset", "protocol"}
 METRICS_PROP = "harness_metrics"  # user_properties: {metric: float}
 DETAILS_PROP = "harness_details"  # user_properties: {key: plain value}
 LOAD_PROP = "harness_model_load"  # user_properties: model id, on the case that loaded it
+_NO_CASES = "no-cases"            # the id of a benchmark function's stand-in when it has none
 
-MARKERS = {
-    "zeroshot": "zero-shot classification with CLIP prompt ensembles",
-    "linear_probe": "logistic-regression linear probe on frozen image features",
-    "verification": "face verification, InsightFace 10-fold accuracy",
-    "ijb": "IJB-B / IJB-C template verification, TAR at FAR",
-    "mad": "morphing attack detection",
-    "pad": "presentation attack detection",
-    "general": "general-vision protocols (zeroshot, linear_probe)",
-    "biometric": "biometric protocols (verification, ijb, mad, pad)",
-}
-
-
-@dataclass(frozen=True)
-class CaseSpec:
-    protocol: str
-    model: str
-    dataset: str
-
-    @property
-    def id(self) -> str:
-        return f"{self.model}-{self.dataset}"
+__all__ = ["CaseSpec", "resolve_device", "HarnessSession"]  # CaseSpec, resolve_device: harness.cases
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -87,12 +75,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    for name, desc in MARKERS.items():
+    for name, desc in markers().items():
         config.addinivalue_line("markers", f"{name}: {desc}")
+    try:
+        check_options(config.getoption("--baseline"), config.getoption("--max-drop"))
+        if config.getoption("--baseline"):
+            load_baseline(config.getoption("--baseline"))
+        check_device(config.getoption("--device"))
+    except HarnessError as e:
+        raise pytest.UsageError(str(e)) from None
     session = HarnessSession(config)
     config.pluginmanager.register(session, "tradeoff-bench-session")
-    import fixtures as harness_fixtures  # not import_plugin: "fixtures" names pytest's own module
+    import importlib
 
+    # installed under the project's own name: PyPI has an unrelated package named "fixtures"
+    harness_fixtures = importlib.import_module(FIXTURES_MODULE)
     config.pluginmanager.register(harness_fixtures, "tradeoff-bench-fixtures")
     if any(str(a).startswith("--suite") for a in config.invocation_params.args):
         session.suite  # an explicitly chosen suite is validated up front: a usage error, exit 4
@@ -122,19 +119,6 @@ def _git_commit(cwd: Path) -> str | None:
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
-
-
-def resolve_device(requested: str | None) -> str:
-    import torch
-
-    if requested:
-        return requested
-    if torch.cuda.is_available():
-        return "cuda"
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        return "mps"
-    return "cpu"
 
 
 def _reason(report: pytest.TestReport) -> str:
@@ -167,18 +151,21 @@ class HarnessSession:
         # started from this one pick their own default from their own --feature-cache).
         self.demo_dir = Path(os.environ.get("HARNESS_DEMO") or self.cache_dir / "demo-v1")
         self.results_dir: Path | None = None
+        self._cases: dict[str, CaseSpec] | None = None  # "test_<protocol>[<id>]" -> case
 
     # ------------------------------------------------------------------ the suite
     @property
     def suite(self) -> Suite:
         if self._suite is None:
-            suites_dir = Path(self.config.rootpath) / "benchmarks" / "suites"
             try:
-                path = resolve_suite(self.config.getoption("--suite"), suites_dir)
-                self._suite = load_suite(path, {"HARNESS_DEMO": str(self.demo_dir)})
+                path = resolve_suite(self.config.getoption("--suite"),
+                                     suites_dirs(Path(self.config.rootpath)))
+                suite = load_suite(path, {"HARNESS_DEMO": str(self.demo_dir)})
+                validate_gates(suite)
             except HarnessError as e:
                 raise pytest.UsageError(str(e)) from None
-            self._check_ids(self._suite)
+            self._check_ids(suite)
+            self._suite = suite
         return self._suite
 
     @staticmethod
@@ -193,19 +180,18 @@ class HarnessSession:
                         f"dataset {seen[cid][1]!r} vs model {m!r} + dataset {d!r}); rename one")
                 seen[cid] = (m, d)
 
+    @property
+    def cases(self) -> dict[str, CaseSpec]:
+        """Every case of the suite by the last part of its node id, ``test_<protocol>[<id>]``:
+        the xdist controller, which collects nothing itself, looks node ids up here."""
+        if self._cases is None:
+            self._cases = {f"test_{p}[{CaseSpec(p, m, d).id}]": CaseSpec(p, m, d)
+                           for p, m, d in self.suite.cases()}
+        return self._cases
+
     def case_of_nodeid(self, nodeid: str) -> CaseSpec | None:
-        """Map a node id ``...::test_<protocol>[<model>-<dataset>]`` back to its case."""
-        name = nodeid.rsplit("::", 1)[-1]
-        if "[" not in name or not name.startswith("test_"):
-            return None
-        func, param = name[:-1].split("[", 1)
-        protocol = func[len("test_"):]
-        if protocol not in PROTOCOLS:
-            return None
-        for m in self.suite.models:
-            if param.startswith(m + "-") and param[len(m) + 1:] in self.suite.datasets:
-                return CaseSpec(protocol, m, param[len(m) + 1:])
-        return None
+        """The case a harness node id stands for (a lookup, no parsing), else None."""
+        return self.cases.get(nodeid.rsplit("::", 1)[-1])
 
     # ------------------------------------------------------------ parametrization
     def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
@@ -217,31 +203,32 @@ class HarnessSession:
             raise pytest.UsageError(
                 f"{metafunc.definition.nodeid}: a harness benchmark must be named test_<protocol>, "
                 f"protocol one of {', '.join(PROTOCOLS)}")
-        suite = self.suite
         group = PROTOCOLS[protocol].group
-        params = []
-        for d in suite.datasets.values():
-            if protocol not in d.protocols:
-                continue
-            for m in suite.models:
-                spec = CaseSpec(protocol, m, d.id)
-                params.append(pytest.param(spec, id=spec.id, marks=[
-                    getattr(pytest.mark, protocol), getattr(pytest.mark, group)]))
+        marks = [getattr(pytest.mark, protocol), getattr(pytest.mark, group)]
+        params = [pytest.param(CaseSpec(p, m, d), id=CaseSpec(p, m, d).id, marks=marks)
+                  for p, m, d in self.suite.cases() if p == protocol]
+        if not params:  # deselected at collection (not "skipped: got empty parameter set")
+            params = [pytest.param(None, id=_NO_CASES, marks=marks)]
         metafunc.parametrize("harness_case", params, indirect=True)
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, session, config, items: list[pytest.Item]) -> None:
         """Stable sort of the harness cases by model (suite order), so that each model loads
-        once whatever order other plugins left; other tests keep their places."""
-        positions = [i for i, it in enumerate(items) if _case_of_item(it) is not None]
-        if not positions:
+        once whatever order other plugins left; other tests keep their places.  Benchmark
+        functions without a case in the suite are deselected."""
+        empty = [it for it in items if _is_no_cases(it)]
+        if empty:
+            items[:] = [it for it in items if not _is_no_cases(it)]
+            config.hook.pytest_deselected(items=empty)
+        specs = {i: spec for i, it in enumerate(items) if (spec := _case_of_item(it)) is not None}
+        if not specs:
             return
         order = {m: i for i, m in enumerate(self.suite.models)}
-        cases = [items[i] for i in positions]
-        cases.sort(key=lambda it: order.get(_case_of_item(it).model, len(order)))
-        for i, it in zip(positions, cases):
+        positions = list(specs)
+        ranked = sorted(positions, key=lambda i: order.get(specs[i].model, len(order)))
+        cases = [(items[j], specs[j]) for j in ranked]
+        for i, (it, spec) in zip(positions, cases):
             items[i] = it
-            spec = _case_of_item(it)
             it.user_properties.append((CASE_PROP, {"model": spec.model, "dataset": spec.dataset,
                                                    "protocol": spec.protocol}))
 
@@ -276,25 +263,22 @@ class HarnessSession:
                                      {m.id: m.baseline for m in suite.models.values()})
         return self.store
 
-    def _add_pending(self, nodeids: list[str]) -> None:
-        if self.config.option.collectonly:
-            return
-        specs = [(n, self.case_of_nodeid(n)) for n in nodeids]
-        specs = [(n, s) for n, s in specs if s is not None]
-        if not specs:
+    def _add_pending(self, cases: list[tuple[str, CaseSpec]]) -> None:
+        if self.config.option.collectonly or not cases:
             return
         store = self._ensure_store()
-        for n, s in specs:
+        for n, s in cases:
             store.add_pending(CaseRecord(s.model, s.dataset, s.protocol, nodeid=n))
         store.write()
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         if not self.is_worker and not self._under_xdist():
-            self._add_pending([it.nodeid for it in session.items if _case_of_item(it)])
+            self._add_pending([(it.nodeid, spec) for it in session.items
+                               if (spec := _case_of_item(it)) is not None])
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_node_collection_finished(self, node, ids) -> None:
-        self._add_pending(list(ids))
+        self._add_pending([(n, spec) for n in ids if (spec := self.case_of_nodeid(n)) is not None])
 
     def _under_xdist(self) -> bool:
         return bool(getattr(self.config.option, "numprocesses", None)) or \
@@ -373,6 +357,11 @@ class HarnessSession:
         if self.results_dir is not None:
             terminalreporter.write_line(f"results: {self.results_dir / 'results.json'}")
             terminalreporter.write_line(f"report:  {self.results_dir / 'report.md'}")
+
+
+def _is_no_cases(item: pytest.Item) -> bool:
+    cs = getattr(item, "callspec", None)
+    return cs is not None and "harness_case" in cs.params and cs.params["harness_case"] is None
 
 
 def _case_of_item(item: pytest.Item) -> CaseSpec | None:

@@ -36,11 +36,6 @@ from typing import Any
 
 from harness.errors import HarnessError
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
 SOURCE = ("arXiv 2509.14921 (IJCB 2025), 'Trade-offs in Cross-Domain Generalization of Foundation "
           "Model Fine-Tuned for Biometric Applications': published tables")
 REPO = Path(__file__).resolve().parent.parent
@@ -92,28 +87,36 @@ def read_cells(path: str | Path) -> list[dict[str, Any]]:
     return out
 
 
-def suite_ids(path: str | Path) -> tuple[set[str], dict[str, str], dict[str, list[str]]]:
-    """``(model ids, {dataset label: dataset id}, {dataset id: protocols})`` of a suite file."""
-    p = Path(path)
-    data = tomllib.loads(p.read_text(encoding="utf-8"))
-    datasets = data.get("datasets", {})
-    labels = {str(d.get("label", k)): k for k, d in datasets.items()}
-    protocols = {k: list(d.get("protocols", [])) for k, d in datasets.items()}
-    return set(data.get("models", {})), labels, protocols
+def suite_ids(path: str | Path) -> tuple[set[str], dict[str, list[str]], set[tuple[str, str, str]]]:
+    """``(model ids, {dataset label: [dataset ids]}, {(protocol, model, dataset)})`` of a suite
+    file, parsed with its presets and per-dataset model lists.  A label may name several datasets
+    (e.g. "CelebA-Spoof" head-scored and "CelebA-Spoof (text)"): the one a model meets wins."""
+    from harness.suite import load_suite
+
+    suite = load_suite(path)
+    labels: dict[str, list[str]] = {}
+    for d in suite.datasets.values():
+        for name in dict.fromkeys((d.display, d.display.removesuffix(" (text)"))):
+            labels.setdefault(name, []).append(d.id)
+    return set(suite.models), labels, set(suite.cases())
 
 
 def build(csv_path: str | Path = DEFAULT_CSV, suite_path: str | Path = DEFAULT_SUITE
           ) -> dict[str, Any]:
     """The reference results document (see the module docstring)."""
-    models, labels, protocols = suite_ids(suite_path)
+    models, labels, suite_cases = suite_ids(suite_path)
     cases: dict[tuple[str, str, str], dict[str, Any]] = {}
     paper: dict[str, Any] = {"source": SOURCE, "avg": {}, "mad": {}, "gelo": {}}
     gelo: dict[str, dict[str, float]] = {}
 
-    def dataset(label: str, where: str) -> str:
+    def dataset(label: str, where: str, proto: str, model: str) -> str:
         if label not in labels:
             raise HarnessError(f"{suite_path}: no dataset has label {label!r} (needed by {where})")
-        return labels[label]
+        for ds in labels[label]:
+            if (proto, model, ds) in suite_cases:
+                return ds
+        raise HarnessError(f"{suite_path}: no dataset labelled {label!r} has a {proto!r} case for "
+                           f"model {model!r} (needed by {where})")
 
     for c in read_cells(csv_path):
         where = f"{c['table']},{c['approach']},{c['arch']},{c['column']}"
@@ -129,22 +132,23 @@ def build(csv_path: str | Path = DEFAULT_CSV, suite_path: str | Path = DEFAULT_S
             paper["avg"].setdefault(table, {})[model] = fraction(c["value"])
             continue
         if table in GENERAL:
-            proto, ds, metric = GENERAL[table], dataset(col, where), "acc1"
+            proto, metric = GENERAL[table], "acc1"
+            ds = dataset(col, where, proto, model)
         elif table == "biometric" and col in VERIFICATION:
-            proto, ds, metric = "verification", dataset(col, where), "accuracy"
+            proto, metric = "verification", "accuracy"
+            ds = dataset(col, where, proto, model)
         elif table == "biometric" and col in IJB:
-            proto, ds, metric = "ijb", dataset(IJB[col], where), IJB_METRIC
+            proto, metric = "ijb", IJB_METRIC
+            ds = dataset(IJB[col], where, proto, model)
         elif table == "biometric" and col in PAD:
             label, metric = PAD[col]
-            proto, ds = "pad", dataset(label, where)
+            proto = "pad"
+            ds = dataset(label, where, proto, model)
         elif table == "biometric" and col.startswith(MAD_PREFIX):
             paper["mad"].setdefault(model, {})[mad_metric(col)] = fraction(c["value"])
             continue
         else:
             raise HarnessError(f"{csv_path}: cannot place cell {where}")
-        if proto not in protocols[ds]:
-            raise HarnessError(f"{suite_path}: dataset {ds!r} does not list protocol {proto!r} "
-                               f"(needed by {where})")
         case = cases.setdefault((model, ds, proto), {
             "model": model, "dataset": ds, "protocol": proto, "status": "passed",
             "metrics": {}, "source": {"table": table, "columns": {}}})

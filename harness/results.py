@@ -92,10 +92,10 @@ def gelo(mat: dict[str, dict[str, float]], model: str, baseline: str) -> float |
 
 def gelo_table(records: list[CaseRecord], baselines: dict[str, str | None]
                ) -> dict[str, dict[str, float]]:
-    """{protocol: {model: GELO}} for every protocol whose headline metric is higher-better."""
+    """{protocol: {model: GELO}} for every protocol whose registry entry has ``gelo``."""
     out: dict[str, dict[str, float]] = {}
     for protocol in sorted({r.protocol for r in records}):
-        if lower_is_better(headline(protocol)):
+        if protocol not in PROTOCOLS or not PROTOCOLS[protocol].gelo:
             continue
         mat = matrix(records, protocol)
         for model, base in baselines.items():
@@ -235,7 +235,7 @@ def protocol_table(records: list[CaseRecord], protocol: str, models: dict[str, s
             continue
         row = mat[m]
         g = None
-        if not lower and baselines.get(m):
+        if protocol in PROTOCOLS and PROTOCOLS[protocol].gelo and baselines.get(m):
             g = gelo(mat, m, baselines[m])
         rows.append([_esc(models[m])] + [row.get(d) for d in ds] + [average(row, ds)]
                     + [("–" if g is None else f"{g:.3f}")])
@@ -310,12 +310,12 @@ def render_report(records: list[CaseRecord], models: dict[str, str], datasets: d
         parts.append("")
         parts.append(t if t else "_no passed cases_")
         parts.append("")
-        if PROTOCOLS[p].group == "biometric":
+        if PROTOCOLS[p].detail_tables:
             for d in datasets:
                 dt = detail_table(records, p, d, models)
                 if dt:
                     parts += [f"### {p} — {_esc(datasets[d])} (%)", "", dt, ""]
-                mt = method_table(records, p, d, models) if p == "mad" else None
+                mt = method_table(records, p, d, models) if PROTOCOLS[p].per_method_table else None
                 if mt:
                     parts += [f"### {p} — {_esc(datasets[d])} per method (%)", "", mt, ""]
     counts: dict[str, int] = {}

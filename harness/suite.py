@@ -5,10 +5,21 @@ the key and the expected form.  ``${VAR}`` in a string is expanded from the envi
 unset variable is *not* an error here: the spec remembers it (``missing_env``) and the cases that
 need the value skip with a reason naming the variable.  Relative paths resolve against the
 suite file's folder.
+
+A dataset chooses its models with ``models = [...]`` and/or ``exclude_models = [...]``
+(default: every model).  ``[presets.NAME]`` tables hold keys written once for a family of
+models (or datasets); a model or dataset with ``preset = "NAME"`` gets them, its own keys
+winning (inline tables such as ``lora`` and ``preprocess`` merge key by key).
+
+Hostile files stop here too, one line each: bytes that are not UTF-8, nesting deeper than
+:data:`MAX_DEPTH`, a file over :data:`MAX_SUITE_BYTES`, sizes outside
+:data:`SIZE_RANGE`, labels over :data:`MAX_LABEL` characters, other strings over
+:data:`MAX_STRING` characters.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import sys
@@ -25,6 +36,11 @@ from harness.errors import SuiteError
 from harness.protocols import PROTOCOLS, Option
 
 DATASET_TYPES = ("classification", "verification", "ijb", "mad", "pad")
+MAX_SUITE_BYTES = 4 * 1024 * 1024  # a suite file is a few kB; refuse what no suite needs
+MAX_DEPTH = 32                     # nesting of tables/arrays (deeper: refused before parsing)
+MAX_LABEL = 200                    # characters of a label, a suite name, an id
+MAX_STRING = 4096                  # characters of any other string (paths, prompts...)
+SIZE_RANGE = (1, 4096)             # preprocess.size, in pixels
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.]*(?:-[A-Za-z0-9_.]+)*$")
 
@@ -83,6 +99,7 @@ class DatasetSpec:
     download: bool = False
     options: dict[str, Any] = field(default_factory=dict)
     missing_env: tuple[str, ...] = ()
+    models: tuple[str, ...] | None = None  # the models this dataset meets (None: every model)
 
     @property
     def display(self) -> str:
@@ -122,12 +139,17 @@ class Suite:
     gates: tuple[Gate, ...] = ()
     description: str = ""
 
+    def models_for(self, dataset: str) -> list[str]:
+        """The models that meet ``dataset`` (its ``models``/``exclude_models``), suite order."""
+        chosen = self.datasets[dataset].models
+        return [m for m in self.models if chosen is None or m in chosen]
+
     def cases(self) -> list[tuple[str, str, str]]:
         """Every (protocol, model, dataset) the suite defines, in file order."""
         out = []
         for d in self.datasets.values():
             for p in d.protocols:
-                for m in self.models:
+                for m in self.models_for(d.id):
                     out.append((p, m, d.id))
         return out
 
@@ -198,6 +220,7 @@ _MODEL_KEYS = {
     "preprocess": "a table {preset, size, interpolation, mean, std, channel_order, resize, "
                   "resize_backend, antialias}",
     "baseline": "the id of another model in this suite",
+    "preset": "the name of a [presets.NAME] table",
 }
 _PREPROCESS_KEYS = {
     "preset": ((str,), ("clip", "imagenet", "half")),
@@ -258,8 +281,8 @@ def _parse_model(ctx: _Ctx, mid: str, raw: Any) -> ModelSpec:
         scaling = lo.get("scaling")
         if scaling is not None and scaling not in ("rslora", "standard"):
             raise ctx.err(lt, "scaling", f"expected 'rslora' (alpha/sqrt(r)) or 'standard' (alpha/r), got {scaling!r}")
-        if rank is not None and rank <= 0:
-            raise ctx.err(lt, "rank", f"expected a positive integer, got {rank}")
+        if rank is not None and not 1 <= rank <= 4096:
+            raise ctx.err(lt, "rank", f"expected an integer in 1..4096, got {rank}")
         kw["lora"] = LoraSpec(rank, alpha, scaling)
     if kw.get("checkpoint_format") == "clip-lora":
         lo = kw.get("lora", LoraSpec())
@@ -268,6 +291,7 @@ def _parse_model(ctx: _Ctx, mid: str, raw: Any) -> ModelSpec:
                           "scaling = 'rslora' | 'standard' } (rank is read from the checkpoint)")
         if "checkpoint" not in kw:
             raise ctx.err(table, "checkpoint", "checkpoint_format = 'clip-lora' needs a checkpoint path")
+    _check_label(ctx, table, kw.get("label"))
     if "preprocess" in raw:
         pp = _check_type(ctx, table, "preprocess", raw["preprocess"], (dict,), _MODEL_KEYS["preprocess"])
         pt = f"{table}.preprocess"
@@ -281,6 +305,9 @@ def _parse_model(ctx: _Ctx, mid: str, raw: Any) -> ModelSpec:
                              "true or false" if types == (bool,) else "a string"))
             if choices and v not in choices:
                 raise ctx.err(pt, k, f"expected one of {', '.join(map(repr, choices))}, got {v!r}")
+            if k == "size" and not SIZE_RANGE[0] <= v <= SIZE_RANGE[1]:
+                raise ctx.err(pt, k, f"expected an integer in {SIZE_RANGE[0]}..{SIZE_RANGE[1]} "
+                              f"(pixels), got {v}")
             if k in ("mean", "std"):
                 if len(v) != 3 or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
                     raise ctx.err(pt, k, f"expected a list of 3 numbers, got {v!r}")
@@ -303,10 +330,29 @@ _DATASET_KEYS = {
     "label": "a display name",
     "prompts": "a classnames/templates key such as 'cifar10'",
     "download": "a boolean",
+    "models": "a list of model ids: only these models meet this dataset",
+    "exclude_models": "a list of model ids that do not meet this dataset",
+    "preset": "the name of a [presets.NAME] table",
 }
 
 
-def _parse_dataset(ctx: _Ctx, did: str, raw: Any) -> DatasetSpec:
+def _did_you_mean(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _model_list(ctx: _Ctx, table: str, key: str, value: Any, model_ids: list[str]) -> list[str]:
+    v = _check_type(ctx, table, key, value, (list,), _DATASET_KEYS[key])
+    for m in v:
+        if not isinstance(m, str) or m not in model_ids:
+            raise ctx.err(table, key, f"{m!r} names no model{_did_you_mean(str(m), model_ids)}; "
+                          f"expected ids among {', '.join(model_ids)}")
+    return list(v)
+
+
+def _parse_dataset(ctx: _Ctx, did: str, raw: Any, model_ids: list[str] | None = None,
+                   format_types: dict[str, tuple[str, ...]] | None = None) -> DatasetSpec:
+    """``format_types``: format name -> dataset types it fits (the format registry)."""
     table = f"datasets.{did}"
     if not isinstance(raw, dict):
         raise ctx.err("datasets", did, f"expected a table [datasets.{did}], got {_type_name(raw)}")
@@ -345,6 +391,16 @@ def _parse_dataset(ctx: _Ctx, did: str, raw: Any) -> DatasetSpec:
         options[k] = v
     missing: list[str] = []
     fmt = _check_type(ctx, table, "format", raw["format"], (str,), _DATASET_KEYS["format"])
+    if format_types is not None:
+        if fmt not in format_types:
+            raise ctx.err(table, "format", f"unknown format {fmt!r}"
+                          f"{_did_you_mean(fmt, sorted(format_types))}; expected one of "
+                          f"{', '.join(sorted(format_types))}")
+        if dtype not in format_types[fmt]:
+            fitting = sorted(f for f, ts in format_types.items() if dtype in ts)
+            raise ctx.err(table, "format", f"format {fmt!r} does not fit type = {dtype!r} (it reads "
+                          f"{' or '.join(map(repr, format_types[fmt]))} data); formats for "
+                          f"{dtype!r}: {', '.join(fitting)}")
     root = _path(ctx, _check_type(ctx, table, "root", raw["root"], (str,), _DATASET_KEYS["root"]), missing)
     for k in ("classnames", "templates"):
         if k in options:
@@ -353,11 +409,67 @@ def _parse_dataset(ctx: _Ctx, did: str, raw: Any) -> DatasetSpec:
     for k in ("label", "prompts"):
         if k in raw:
             kw[k] = _check_type(ctx, table, k, raw[k], (str,), _DATASET_KEYS[k])
+    _check_label(ctx, table, kw.get("label"))
+    ids = list(model_ids or [])
+    if "models" in raw or "exclude_models" in raw:
+        chosen = _model_list(ctx, table, "models", raw["models"], ids) if "models" in raw else ids
+        if "exclude_models" in raw:
+            out = _model_list(ctx, table, "exclude_models", raw["exclude_models"], ids)
+            chosen = [m for m in chosen if m not in out]
+        if not chosen:
+            raise ctx.err(table, "models", "chooses no model; expected at least one model id")
+        kw["models"] = tuple(m for m in ids if m in chosen)
     if "download" in raw:
         kw["download"] = _check_type(ctx, table, "download", raw["download"], (bool,), "a boolean")
     return DatasetSpec(id=did, type=dtype, format=fmt, root=root, source=ctx.path,
                        protocols=tuple(protocols), options=options,
                        missing_env=tuple(dict.fromkeys(missing)), **kw)
+
+
+def _check_label(ctx: _Ctx, table: str, label: str | None, key: str = "label") -> None:
+    if label is not None and len(label) > MAX_LABEL:
+        raise ctx.err(table, key, f"expected at most {MAX_LABEL} characters, got {len(label)}")
+
+
+def _check_strings(ctx: _Ctx, value: Any, where: str, depth: int = 0) -> None:
+    """Nesting at most MAX_DEPTH deep, strings at most MAX_STRING characters."""
+    if depth > MAX_DEPTH:
+        raise SuiteError(f"{ctx.path}: {where}: nested deeper than {MAX_DEPTH} levels")
+    if isinstance(value, str):
+        if len(value) > MAX_STRING:
+            raise SuiteError(f"{ctx.path}: {where}: a string of {len(value)} characters; expected "
+                             f"at most {MAX_STRING}")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            if len(k) > MAX_LABEL:
+                raise SuiteError(f"{ctx.path}: {where}: a key of {len(k)} characters; expected at "
+                                 f"most {MAX_LABEL}")
+            _check_strings(ctx, v, f"{where}.{k}" if where else k, depth + 1)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_strings(ctx, v, f"{where}[{i}]", depth + 1)
+
+
+def _apply_preset(ctx: _Ctx, kind: str, ident: str, raw: Any, presets: dict[str, Any]) -> Any:
+    """A model's or dataset's table with its ``preset``'s keys under its own (own keys win;
+    inline tables merge key by key)."""
+    if not isinstance(raw, dict) or "preset" not in raw:
+        return raw
+    table = f"{kind}.{ident}"
+    name = _check_type(ctx, table, "preset", raw["preset"], (str,), "the name of a [presets.NAME] table")
+    if name not in presets:
+        known = sorted(presets)
+        raise ctx.err(table, "preset", f"{name!r} names no [presets.{name}] table"
+                      f"{_did_you_mean(name, known)}; presets: {', '.join(known) or 'none'}")
+    merged = dict(presets[name])
+    for k, v in raw.items():
+        if k == "preset":
+            continue
+        if isinstance(v, dict) and isinstance(merged.get(k), dict):
+            merged[k] = {**merged[k], **v}
+        else:
+            merged[k] = v
+    return merged
 
 
 def _parse_gate(ctx: _Ctx, i: int, raw: Any, suite_models, suite_datasets) -> Gate:
@@ -395,22 +507,37 @@ def parse_suite(text: str, path: str = "<suite>", base: Path | None = None,
                 defaults: dict[str, str] | None = None) -> Suite:
     """Parse a suite; ``defaults`` are values for ``${VAR}`` that the environment can override."""
     ctx = _Ctx(path, base if base is not None else Path(path).resolve().parent, defaults)
+    if len(text) > MAX_SUITE_BYTES:
+        raise SuiteError(f"{path}: {len(text)} characters; a suite file may have at most "
+                         f"{MAX_SUITE_BYTES}")
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         # tomllib reports duplicate tables/keys as decode errors: keep its position info.
         raise SuiteError(f"{path}: not valid TOML ({e}); a duplicate [models.X] or [datasets.X] "
                          "table is reported here too") from None
+    except RecursionError:
+        raise SuiteError(f"{path}: arrays or tables nested too deep to parse; expected at most "
+                         f"{MAX_DEPTH} levels") from None
+    _check_strings(ctx, data, "")
     for k in data:
-        if k not in ("suite", "models", "datasets", "gates"):
+        if k not in ("suite", "models", "datasets", "gates", "presets"):
             raise ctx.err(k, None, "unknown top-level table; expected [suite], [models.ID], "
-                          "[datasets.ID] or [[gates]]")
+                          "[datasets.ID], [presets.NAME] or [[gates]]")
     meta = data.get("suite", {})
     if not isinstance(meta, dict):
         raise ctx.err("suite", None, "expected a table")
     for k in meta:
         if k not in ("name", "description"):
             raise ctx.err("suite", k, "unknown key; expected name or description")
+        _check_type(ctx, "suite", k, meta[k], (str,), "a string")
+    _check_label(ctx, "suite", meta.get("name"), "name")
+    presets = data.get("presets", {})
+    if not isinstance(presets, dict) or not all(isinstance(v, dict) for v in presets.values()):
+        raise ctx.err("presets", None, "expected [presets.NAME] tables")
+    for name, table in presets.items():
+        if "preset" in table:
+            raise ctx.err(f"presets.{name}", "preset", "a preset cannot name another preset")
     models_raw = data.get("models", {})
     datasets_raw = data.get("datasets", {})
     if not isinstance(models_raw, dict) or not models_raw:
@@ -419,12 +546,28 @@ def parse_suite(text: str, path: str = "<suite>", base: Path | None = None,
         raise ctx.err("datasets", None, "expected at least one [datasets.ID] table")
     for kind, raw in (("models", models_raw), ("datasets", datasets_raw)):
         for ident in raw:
+            if len(ident) > MAX_LABEL:
+                raise ctx.err(kind, None, f"an id of {len(ident)} characters; expected at most "
+                              f"{MAX_LABEL}")
             if not _ID.match(ident):
                 raise ctx.err(f"{kind}.{ident}", None,
                               "ids use letters, digits, '_', '.' and single '-' between parts "
                               "(they appear in test ids)")
-    models = {mid: _parse_model(ctx, mid, raw) for mid, raw in models_raw.items()}
-    datasets = {did: _parse_dataset(ctx, did, raw) for did, raw in datasets_raw.items()}
+    models = {mid: _parse_model(ctx, mid, _apply_preset(ctx, "models", mid, raw, presets))
+              for mid, raw in models_raw.items()}
+    from harness.data import formats  # the format registry (no torch)
+
+    format_types = {name: types for name, (_opener, types) in formats().items()}
+    datasets = {did: _parse_dataset(ctx, did, _apply_preset(ctx, "datasets", did, raw, presets),
+                                    list(models), format_types)
+                for did, raw in datasets_raw.items()}
+    for d in datasets.values():
+        if d.models is not None and d.options.get("scoring", "head") == "head" and d.type in ("mad", "pad"):
+            headless = [m for m in d.models if models[m].head is None]
+            if headless:
+                raise ctx.err(f"datasets.{d.id}", "models",
+                              f"scoring = 'head' but {', '.join(map(repr, headless))} has no head; "
+                              "list only models with head = PATH, or score with 'text' or 'probe'")
     clash = set(models) & set(datasets)
     if clash:
         c = sorted(clash)[0]
@@ -452,19 +595,53 @@ def parse_suite(text: str, path: str = "<suite>", base: Path | None = None,
 def load_suite(path: str | os.PathLike, defaults: dict[str, str] | None = None) -> Suite:
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        if p.is_dir():
+            raise SuiteError(f"{p}: is a folder; expected a suite .toml file")
+        if p.exists() and not p.is_file():
+            raise SuiteError(f"{p}: not a regular file; expected a suite .toml file")
+        with open(p, "rb") as f:
+            data = f.read(MAX_SUITE_BYTES + 1)
     except FileNotFoundError:
         raise SuiteError(f"{p}: suite file not found") from None
+    except OSError as e:
+        raise SuiteError(f"{p}: cannot be read ({e.strerror or e})") from None
+    if len(data) > MAX_SUITE_BYTES:
+        raise SuiteError(f"{p}: larger than {MAX_SUITE_BYTES} bytes; a suite file is a few kB")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise SuiteError(f"{p}: not UTF-8 text (byte {e.start}, line {line}); TOML files are "
+                         "UTF-8") from None
     return parse_suite(text, str(p), p.resolve().parent, defaults)
 
 
-def resolve_suite(name_or_path: str, suites_dir: str | os.PathLike) -> Path:
-    """``--suite NAME|PATH``: a bare name resolves to ``suites_dir/NAME.toml``."""
+def suites_dirs(rootpath: str | os.PathLike) -> list[Path]:
+    """Where ``--suite NAME`` looks: the checkout's ``benchmarks/suites``, then the suites
+    installed with the package (``tradeoff_bench_benchmarks/suites``)."""
+    out = [Path(rootpath) / "benchmarks" / "suites"]
+    import importlib.util
+
+    spec = importlib.util.find_spec("tradeoff_bench_benchmarks")
+    for loc in (spec.submodule_search_locations or []) if spec else []:
+        d = Path(loc) / "suites"
+        if d.is_dir() and d not in out:
+            out.append(d)
+    return out
+
+
+def resolve_suite(name_or_path: str, suites_dir: str | os.PathLike | list[Path]) -> Path:
+    """``--suite NAME|PATH``: a bare name resolves to ``NAME.toml`` in the first of
+    ``suites_dir`` (one folder or a list) that has it."""
     p = Path(name_or_path)
     if p.suffix == ".toml" or os.sep in name_or_path or p.exists():
         return p
-    cand = Path(suites_dir) / f"{name_or_path}.toml"
-    if not cand.exists():
-        avail = sorted(x.stem for x in Path(suites_dir).glob("*.toml"))
-        raise SuiteError(f"--suite {name_or_path}: no file {cand}; available suites: {', '.join(avail)}")
-    return cand
+    dirs = [Path(d) for d in suites_dir] if isinstance(suites_dir, list) else [Path(suites_dir)]
+    for d in dirs:
+        cand = d / f"{name_or_path}.toml"
+        if cand.is_file():
+            return cand
+    avail = sorted({x.stem for d in dirs if d.is_dir() for x in d.glob("*.toml")})
+    tried = ", ".join(str(d / f"{name_or_path}.toml") for d in dirs)
+    raise SuiteError(f"--suite {name_or_path}: no file {tried}; available suites: {', '.join(avail)}"
+                     f"{_did_you_mean(name_or_path, avail)}")

@@ -24,8 +24,8 @@ from PIL import Image
 torch = pytest.importorskip("torch")
 open_clip = pytest.importorskip("open_clip")
 
-from fixtures.demo import build_info, ensure_demo  # noqa: E402
-from fixtures.demo import build as B  # noqa: E402
+from tradeoff_bench_fixtures.demo import build_info, ensure_demo  # noqa: E402
+from tradeoff_bench_fixtures.demo import build as B  # noqa: E402
 
 RANK, ALPHA = 4, 8.0
 SCALE = ALPHA / math.sqrt(RANK)  # rslora
@@ -145,12 +145,16 @@ def test_layout(demo):
     assert [p.name for p in demo.parent.iterdir() if p.name.startswith(".")] == []
 
 
-def test_second_call_returns_without_rebuilding(demo):
+def test_second_call_returns_without_rebuilding(demo, monkeypatch):
+    import tradeoff_bench_fixtures.demo as demo_mod
+
+    def no_build(out):
+        raise AssertionError("rebuilt a finished demo")
+
+    monkeypatch.setattr(demo_mod, "_build_seeded", no_build)
     marker = demo / "BUILD_OK"
     before = marker.stat().st_mtime_ns
-    t0 = time.perf_counter()
     assert ensure_demo(demo) == demo
-    assert time.perf_counter() - t0 < 1.0
     assert marker.stat().st_mtime_ns == before
 
 
@@ -255,10 +259,8 @@ def test_merged_variant_reproduces_finetuned_embeddings(demo, base, task):
     with torch.no_grad():
         base_emb = base[0].encode_image(x).numpy()
     assert np.abs(base_emb - ref).max() > 1e-3  # the LoRA changed something
-    try:
-        from harness.models.clip_lora import convert_clip_lora_state_dict
-    except ImportError:
-        return
+    from harness.models.clip_lora import convert_clip_lora_state_dict
+
     harness_model = _variant_model(
         demo, task, lambda sd, s: convert_clip_lora_state_dict(sd, alpha=ALPHA, scaling="rslora"))
     with torch.no_grad():
@@ -329,8 +331,11 @@ def test_attack_variant_head_beats_base(demo, base, task, min_auc):
     assert acc > 0.6
 
 
-def test_variants_zero_shot_tradeoff_is_reported(demo, base):
-    """Not a gate: print each variant's digits zero-shot accuracy (the general-ability cost)."""
+def test_variants_zero_shot_tradeoff(demo, base):
+    """Each variant's digits zero-shot accuracy (the general-ability cost), computed here with
+    open_clip's own classifier on every third test image: the base reads digits well and every
+    specialised variant pays for its task (seeded build; full test split in the demo report:
+    base 91.3 %, fr 73.0 %, mad 20.4 %, pad 42.4 %)."""
     _, preprocess, tokenizer = base
     files = sorted((demo / "data" / "digits" / "test").glob("*/*.png"))[::3]
     y = np.array([int(p.parent.name) for p in files])
@@ -343,7 +348,9 @@ def test_variants_zero_shot_tradeoff_is_reported(demo, base):
             [lambda c: f'a photo of the number: "{c}".'])
         out[name] = float(((_embed(m, preprocess, imgs) @ W.numpy()).argmax(1) == y).mean())
     print("digits zero-shot (every 3rd test image):", out)
-    assert all(0.0 <= v <= 1.0 for v in out.values())
+    assert out["base"] >= 0.85
+    assert all(out[v] <= out["base"] - 0.10 for v in VARIANTS), out
+    assert out["mad"] < out["fr"] and out["pad"] < out["fr"], out  # face-ID keeps the most
 
 
 # ------------------------------------------------------------------------------- data files
@@ -358,10 +365,8 @@ def test_bin_pack_structure(demo):
     assert im.format == "JPEG" and im.size == (112, 112) and im.mode == "RGB"
     folds = np.array_split(np.array(issame), 10)
     assert all(f.any() and (~f).any() for f in folds)
-    try:
-        from harness.data.insightface_bin import read_pack
-    except ImportError:
-        return
+    from harness.data.insightface_bin import read_pack
+
     rbins, rissame = read_pack(demo / "data" / "faces.bin")  # the harness's restricted reader
     assert rbins == bins and list(rissame) == issame
 
@@ -400,10 +405,7 @@ def test_ijb_layout(demo):
                                              rcond=None)
         fit = np.stack([a * x - b * y + tx, b * x + a * y + ty], 1)
         assert np.sqrt(((fit - ARCFACE) ** 2).sum(1).mean()) < 5.0
-    try:
-        from harness.data.ijb import open_ijb
-    except ImportError:
-        return
+    from harness.data.ijb import open_ijb
     from types import SimpleNamespace
 
     ds = open_ijb(SimpleNamespace(root=str(root), id="ijb", source="test"))
@@ -448,10 +450,8 @@ def test_attack_lists(demo):
         found = sorted(str(p.resolve()) for d in ("bonafide", "blend", "blend_blur")
                        for p in (folder / d).glob("*.png"))
         assert listed == found
-    try:
-        from harness.data.attack_list import read_list, read_method_folders
-    except ImportError:
-        return
+    from harness.data.attack_list import read_list, read_method_folders
+
     for split in ("train", "test"):
         assert len(read_list(mad / f"{split}.csv", split)) > 0
     sp = read_method_folders(mad, "test", reserved=("train", "dev"))
@@ -468,7 +468,7 @@ def test_face_generation_is_deterministic(tmp_path):
 
 
 def test_concurrent_callers_build_once(tmp_path, monkeypatch):
-    import fixtures.demo as demo_mod
+    import tradeoff_bench_fixtures.demo as demo_mod
 
     calls = []
 

@@ -544,7 +544,7 @@ def test_verification_evaluate():
     b = np.where(same[:, None], a + 0.9 * rng.normal(size=(n, d)), rng.normal(size=(n, d)))
     emb = np.empty((2 * n, d))
     emb[0::2], emb[1::2] = a, b
-    out = verification_protocol.evaluate(emb, same, n_folds=10)
+    out = verification_protocol.evaluate(emb, same, n_folds=10).metrics
     assert set(out) == {"accuracy", "accuracy_std", "tar@far=1e-3"}
     assert all(type(v) is float for v in out.values())
     mean, std = verification_accuracy(a, b, same, 10)
@@ -559,7 +559,7 @@ def test_verification_evaluate():
     emb2 = np.empty((200, d))
     emb2[0::2] = base
     emb2[1::2] = np.where(small[:, None], base, -base)
-    out2 = verification_protocol.evaluate(emb2, small, n_folds=5)
+    out2 = verification_protocol.evaluate(emb2, small, n_folds=5).metrics
     assert out2 == {"accuracy": 1.0, "accuracy_std": 0.0}
     with pytest.raises(ValueError, match="2N"):
         verification_protocol.evaluate(emb2[:-1], small)

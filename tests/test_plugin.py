@@ -156,17 +156,22 @@ protocol = "linear_probe"
 model = "beta"
 metric = "acc1"
 max = 0.0
-min = 0.0
+min = 1.0
 """
+    # min 100 % and max 0 %: no value passes both, so both beta probe cases fail, whatever acc1 is
     res, data = project(suite=suite_text(assets, gates))
     st = statuses(data)
     lp = {c["dataset"]: c for c in data["cases"] if c["protocol"] == "linear_probe" and c["model"] == "beta"}
     assert res.ret == 1
     assert st[("zeroshot", "alpha", "digits")] == "passed"
+    assert st[("linear_probe", "alpha", "digits")] == "passed"  # the gate names model beta only
+    assert set(lp) == {"digits", "digits2"}
     for d, c in lp.items():
-        if c["metrics"]["acc1"] > 0:
-            assert c["status"] == "failed"
-            assert f"acc1 {100 * c['metrics']['acc1']:.1f}% > max 0.0% (linear_probe beta/{d})" in c["reason"]
+        v = c["metrics"]["acc1"]
+        assert c["status"] == "failed"
+        above = f"acc1 {100 * v:.1f}% > max 0.0% (linear_probe beta/{d})"
+        below = f"acc1 {100 * v:.1f}% < min 100.0% (linear_probe beta/{d})"
+        assert (above in c["reason"]) == (v > 0.0) and (below in c["reason"]) == (v < 1.0)
     out = res.stdout.str()
     assert "Traceback" not in out and "def test_linear_probe" not in out
 
@@ -226,3 +231,135 @@ def test_unreadable_images_fail_only_their_cases_with_one_line(project, assets, 
         assert c["status"] == "failed"
         assert "1 of 20 images unreadable" in c["reason"] and str(victim) in c["reason"]
     assert "Traceback" not in res.stdout.str()
+
+
+def _one_line_usage_error(res, expected):
+    assert res.ret == 4, res.stdout.str() + res.stderr.str()
+    err = [ln for ln in res.stderr.str().splitlines() if ln.strip()]
+    assert len(err) == 1 and expected in err[0], err
+    assert "Traceback" not in res.stderr.str()
+
+
+MISTAKES = [
+    ('format = "imagefolder"\nroot = "{digits}"', 'format = "imagefoldr"\nroot = "{digits}"',
+     "[datasets.digits] format: unknown format 'imagefoldr' (did you mean 'imagefolder'?)"),
+    ('type = "classification"\nformat = "imagefolder"\nroot = "{digits}"\nprompts = "mnist"\n'
+     'protocols = ["zeroshot", "linear_probe"]',
+     'type = "mad"\nformat = "cifar10"\nroot = "{digits}"\nprotocols = ["mad"]',
+     "[datasets.digits] format: format 'cifar10' does not fit type = 'mad'"),
+]
+
+
+@pytest.mark.parametrize("old, new, expected", MISTAKES)
+def test_suite_mistakes_stop_before_any_model_loads(project, assets, old, new, expected):
+    digits = assets / "digits"
+    text = suite_text(assets).replace(old.format(digits=digits), new.format(digits=digits), 1)
+    assert text != suite_text(assets)
+    res, data = project(suite=text)
+    _one_line_usage_error(res, expected)
+    assert data is None  # nothing ran, nothing written
+
+
+def test_gate_on_a_metric_the_protocol_does_not_produce(project, assets):
+    gate = '\n[[gates]]\nprotocol = "zeroshot"\nmetric = "eer"\nmax = 0.5\n'
+    res, data = project(suite=suite_text(assets, gate))
+    _one_line_usage_error(res, "[gates[0]] metric: 'eer' is not produced by zeroshot; expected one of acc1")
+    assert data is None
+    # without protocol: fine when some protocol of its datasets produces it
+    gate = '\n[[gates]]\ndataset = "digits"\nmetric = "acc5"\nmin = 0.0\n'
+    res, data = project("-m", "zeroshot", "-k", "alpha", suite=suite_text(assets, gate))
+    assert res.ret == 0, res.stdout.str()
+
+
+def test_option_mistakes_are_usage_errors(project, pytester, tmp_path):
+    good = tmp_path / "old" / "results.json"
+    good.parent.mkdir()
+    good.write_text(json.dumps({"cases": []}))
+    (tmp_path / "notes.txt").write_text("not json")
+    cases = [
+        (("--max-drop", "1"), "--max-drop 1 needs --baseline"),
+        (("--baseline", str(good)), "needs --max-drop POINTS"),
+        (("--baseline", str(tmp_path / "absent.json"), "--max-drop", "1"), "absent.json: file not found"),
+        (("--baseline", str(good.parent), "--max-drop", "1"),
+         f"is a folder; expected a results.json file (did you mean {good}?)"),
+        (("--baseline", str(tmp_path / "notes.txt"), "--max-drop", "1"), "notes.txt: not valid JSON"),
+        (("--baseline", str(good), "--max-drop", "-1"), "--max-drop -1: expected a number of points >= 0"),
+        (("--device", "tpu"), "--device tpu: expected cpu, cuda, cuda:N or mps"),
+    ]
+    import torch
+
+    if not torch.cuda.is_available():
+        cases.append((("--device", "cuda"), "--device cuda: CUDA is not available on this machine"))
+        cases.append((("--device", "cuda:1"), "--device cuda:1: CUDA is not available"))
+    for args, expected in cases:
+        res, data = project(*args)
+        _one_line_usage_error(res, expected)
+        assert data is None, args
+
+
+def test_function_without_cases_is_deselected_not_skipped(project, pytester, assets):
+    shutil.copy(REPO / "benchmarks" / "test_biometric.py", pytester.path / "test_biometric.py")
+    (pytester.path / "suite.toml").write_text(suite_text(assets))
+    res = pytester.runpytest_inprocess(
+        "test_general.py", "test_biometric.py", "--suite", str(pytester.path / "suite.toml"),
+        "--feature-cache", str(pytester.path / "cache"), "--results-dir", str(pytester.path / "out"),
+        "-p", "no:cacheprovider", "-k", "zeroshot and alpha and digits2")
+    out = res.parseoutcomes()
+    assert res.ret == 0, res.stdout.str()
+    assert out["passed"] == 1 and "skipped" not in out and out["deselected"] == 7 + 4
+    assert "empty parameter set" not in res.stdout.str()
+    res = pytester.runpytest_inprocess(
+        "test_general.py", "test_biometric.py", "--suite", str(pytester.path / "suite.toml"),
+        "--collect-only", "-q", "-p", "no:cacheprovider")
+    assert res.ret == 0
+    assert "8/12 tests collected (4 deselected)" in res.stdout.str(), res.stdout.str()
+    assert "skipped" not in res.stdout.str()
+
+
+def test_dataset_models_choose_the_cases(project, assets):
+    text = suite_text(assets).replace('root = "' + str(assets / "digits2") + '"',
+                                      'root = "' + str(assets / "digits2") + '"\nmodels = ["beta"]')
+    res, data = project("-m", "zeroshot", suite=text)
+    assert res.ret == 0, res.stdout.str()
+    assert set(statuses(data)) == {("zeroshot", "alpha", "digits"), ("zeroshot", "beta", "digits"),
+                                   ("zeroshot", "beta", "digits2")}
+
+
+def test_case_lookup_is_built_from_the_suite_not_parsed(project, assets, pytester):
+    """Ids with dashes in model and dataset names map to their cases by lookup (xdist's
+    controller and the pending records use it)."""
+    from harness.plugin import HarnessSession
+    from harness.suite import parse_suite
+
+    text = suite_text(assets).replace("[models.alpha]", "[models.a-b]").replace(
+        'baseline = "alpha"', 'baseline = "a-b"').replace("[datasets.digits2]", "[datasets.b-digits]")
+    suite = parse_suite(text, str(pytester.path / "s.toml"))
+    sess = HarnessSession.__new__(HarnessSession)
+    sess._suite, sess._cases = suite, None
+    spec = sess.case_of_nodeid("benchmarks/test_general.py::test_zeroshot[a-b-b-digits]")
+    assert (spec.protocol, spec.model, spec.dataset) == ("zeroshot", "a-b", "b-digits")
+    assert sess.case_of_nodeid("x.py::test_zeroshot[a-b-nothing]") is None
+    assert sess.case_of_nodeid("x.py::test_other") is None
+    assert len(sess.cases) == len(suite.cases()) == 8
+
+
+@pytest.mark.parametrize("hostile, expected", [
+    (lambda t: t.replace("[models.alpha]", "# caf\xe9\n[models.alpha]").encode("latin-1"),
+     "not UTF-8 text (byte "),
+    (lambda t: (t + "x = " + "[" * 100_000 + "]" * 100_000 + "\n").encode(),
+     "nested too deep to parse; expected at most 32 levels"),
+    (lambda t: t.replace('baseline = "alpha"', 'preprocess = { size = 100000000000000000000000000 }').encode(),
+     "[models.beta.preprocess] size: expected an integer in 1..4096 (pixels), got 1000000000"),
+    (lambda t: t.replace('baseline = "alpha"', 'preprocess = { size = 1e26 }').encode(),
+     "[models.beta.preprocess] size: expected an integer, got number 1e+26"),
+    (lambda t: t.replace('baseline = "alpha"', 'preprocess = { size = -5 }').encode(),
+     "[models.beta.preprocess] size: expected an integer in 1..4096 (pixels), got -5"),
+    (lambda t: t.replace('baseline = "alpha"', 'label = "' + "L" * 300 + '"').encode(),
+     "[models.beta] label: expected at most 200 characters, got 300"),
+])
+def test_hostile_suite_is_one_line_exit_4(pytester, assets, hostile, expected):
+    shutil.copy(REPO / "benchmarks" / "test_general.py", pytester.path / "test_general.py")
+    (pytester.path / "suite.toml").write_bytes(hostile(suite_text(assets)))
+    res = pytester.runpytest_inprocess("test_general.py", "--suite", str(pytester.path / "suite.toml"),
+                                       "-p", "no:cacheprovider")
+    _one_line_usage_error(res, expected)

@@ -88,7 +88,7 @@ def test_classifier_equals_open_clip(tiny_clip, prompts):
     labels = ref_pred.clone()
     labels[::2] = (labels[::2] + 1) % len(classnames)  # every other sample wrong
     top5 = ref_logits.topk(5, dim=1).indices
-    metrics = zeroshot.evaluate(feats.numpy(), labels.numpy(), ours)
+    metrics = zeroshot.evaluate(feats.numpy(), labels.numpy(), ours).metrics
     assert metrics["acc1"] == pytest.approx(0.5)
     assert metrics["acc5"] == pytest.approx(float((top5 == labels[:, None]).any(1).float().mean()))
 
@@ -116,7 +116,7 @@ def test_hand_worked_metrics():
         [0, 1, 0, 0, 0, 0],   # label 0: class 1 above -> rank 1
     ], dtype=np.float32)
     labels = np.array([0, 1, 5, 2, 2, 3, 0])
-    m = zeroshot.evaluate(feats, labels, W)
+    m = zeroshot.evaluate(feats, labels, W).metrics
     assert set(m) == {"acc1", "acc5", "mean_per_class_recall"}
     assert all(type(v) is float for v in m.values())
     assert m["acc1"] == pytest.approx(3 / 7)
@@ -128,7 +128,7 @@ def test_hand_worked_metrics():
 def test_no_top5_below_five_classes():
     W = np.eye(4, dtype=np.float32)
     feats = np.eye(4, dtype=np.float32)[[0, 1, 2, 3, 0]]
-    m = zeroshot.evaluate(feats, np.array([0, 1, 2, 3, 1]), W)
+    m = zeroshot.evaluate(feats, np.array([0, 1, 2, 3, 1]), W).metrics
     assert set(m) == {"acc1", "mean_per_class_recall"}
     assert m["acc1"] == pytest.approx(0.8)
     assert m["mean_per_class_recall"] == pytest.approx((0.5 + 1 + 1 + 1) / 4)
@@ -140,8 +140,8 @@ def test_scale_and_norm_do_not_change_metrics():
     W /= np.linalg.norm(W, axis=0)
     feats = rng.normal(size=(50, 8)).astype(np.float32)
     labels = rng.integers(0, 12, 50)
-    a = zeroshot.evaluate(feats, labels, W)
-    b = zeroshot.evaluate(feats * 37.0, torch.from_numpy(labels), torch.from_numpy(W))
+    a = zeroshot.evaluate(feats, labels, W).metrics
+    b = zeroshot.evaluate(feats * 37.0, torch.from_numpy(labels), torch.from_numpy(W)).metrics
     assert a == b
 
 

@@ -1,14 +1,30 @@
-"""Protocols: pure functions from features (arrays) to ``{metric: float}``.
+"""Protocols: pure functions from features (arrays) to a :class:`ProtocolResult`.
 
-This table is the registry: which dataset types a protocol fits, which marker group it belongs
-to, and which per-dataset suite keys it accepts (validated by :mod:`harness.suite`).  A new
-protocol is one module plus one entry here.
+This table is the registry and the single source of everything the rest of the harness needs
+to know about a protocol: which dataset types it fits, its marker (and description) and marker
+group, the metric names it produces (gates are validated against them), which of them are
+lower-is-better, its headline metric, how the report shows it, and which per-dataset suite keys
+it accepts (validated by :mod:`harness.suite`).  A new protocol is one module plus one entry
+here.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
-from typing import Any
+from functools import cache
+from typing import Any, NamedTuple
+
+
+class ProtocolResult(NamedTuple):
+    """What every protocol's ``evaluate`` returns.
+
+    ``metrics``: ``{name: plain float}``; ``details``: plain values describing how they were
+    obtained (threshold used, operating points, counts...).  A named tuple, so
+    ``metrics, details = evaluate(...)`` works too."""
+
+    metrics: dict[str, float]
+    details: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -28,14 +44,44 @@ class Option:
         return " or ".join(names.get(t, t.__name__) for t in self.types)
 
 
+@cache
+def _pattern(pattern: str) -> re.Pattern[str]:
+    return re.compile(".*".join(re.escape(part) for part in pattern.split("*")) + r"\Z")
+
+
+def _match(pattern: str, name: str) -> bool:
+    return _pattern(pattern).match(name) is not None
+
+
 @dataclass(frozen=True)
 class ProtocolInfo:
+    """One protocol.  Metric names in ``metrics`` and ``lower_is_better`` are exact names or
+    patterns where ``*`` stands for any text (``"eer[*]"``: per attack method)."""
+
     name: str
     types: tuple[str, ...]          # dataset types it fits
-    group: str                      # "general" or "biometric" (marker)
+    group: str                      # marker group: a key of GROUPS
+    description: str                # the marker's description (pytest --markers)
+    metrics: tuple[str, ...]        # every metric name it can produce
     lower_is_better: tuple[str, ...] = ()
     headline: str = "acc1"          # the metric shown in the trade-off matrix
+    gelo: bool = True               # the matrix gets a GELO column (higher-better headline)
+    detail_tables: bool = False     # report: one models x metrics table per dataset
+    per_method_table: bool = False  # report: per attack method table (metric[method] keys)
     options: dict[str, Option] = field(default_factory=dict)
+
+    def produces(self, metric: str) -> bool:
+        return any(_match(p, metric) for p in self.metrics)
+
+    def is_lower_better(self, metric: str) -> bool:
+        return any(_match(p, metric) for p in self.lower_is_better)
+
+
+# Marker groups: name -> description (the protocols of a group are listed after it).
+GROUPS = {
+    "general": "general-vision protocols",
+    "biometric": "biometric protocols",
+}
 
 
 _ATTACK_OPTIONS = {
@@ -53,15 +99,22 @@ _ATTACK_OPTIONS = {
                           "ISO/IEC 30107-3 definitions, or MADation's / FoundPAD's evaluation code"),
 }
 
+_CLASSIFICATION_METRICS = ("acc1", "acc5", "mean_per_class_recall")
+_ATTACK_LOWER = ("eer", "hter", "apcer", "apcer_pooled", "bpcer", "acer", "bpcer@apcer=*",
+                 "apcer@bpcer=*", "apcer[*]")
+_ATTACK_METRICS = ("auc",) + _ATTACK_LOWER
+
 PROTOCOLS: dict[str, ProtocolInfo] = {
     "zeroshot": ProtocolInfo(
         "zeroshot", ("classification",), "general",
+        "zero-shot classification with CLIP prompt ensembles", _CLASSIFICATION_METRICS,
         options={
             "classnames": Option((str,), None, None, "JSON list or text file, one class per line"),
             "templates": Option((str,), None, None, "JSON list or text file with '{c}' placeholders"),
         }),
     "linear_probe": ProtocolInfo(
         "linear_probe", ("classification",), "general",
+        "logistic-regression linear probe on frozen image features", _CLASSIFICATION_METRICS,
         options={
             "probe": Option((str,), "clip", ("clip", "clip-benchmark"),
                             "logistic regression of the CLIP paper, or CLIP_benchmark's AdamW layer"),
@@ -71,13 +124,18 @@ PROTOCOLS: dict[str, ProtocolInfo] = {
             "split_seed": Option((int,), 0, None, "seed of the train/validation carve-out"),
         }),
     "verification": ProtocolInfo(
-        "verification", ("verification",), "biometric", headline="accuracy",
+        "verification", ("verification",), "biometric",
+        "face verification, InsightFace 10-fold accuracy",
+        ("accuracy", "accuracy_std", "accuracy_noflip", "tar@far=*", "val@far=*"),
+        lower_is_better=("accuracy_std",),
+        headline="accuracy", detail_tables=True,
         options={
             "flip": Option((bool,), True, None, "fuse each embedding with its horizontal flip"),
             "n_folds": Option((int,), 10, None, "cross-validation folds (contiguous blocks)"),
         }),
     "ijb": ProtocolInfo(
-        "ijb", ("ijb",), "biometric", headline="tar@far=1e-4",
+        "ijb", ("ijb",), "biometric", "IJB-B / IJB-C template verification, TAR at FAR",
+        ("tar@far=*",), headline="tar@far=1e-4", detail_tables=True,
         options={
             "flip": Option((bool,), True, None, "add the horizontally flipped image's feature"),
             "far_rule": Option((str,), "at-most", ("at-most", "insightface"),
@@ -87,19 +145,36 @@ PROTOCOLS: dict[str, ProtocolInfo] = {
             "image_norm": Option((str,), "keep", ("keep", "unit"),
                                  "keep image feature norms, or L2-normalise before pooling"),
         }),
-    "mad": ProtocolInfo("mad", ("mad",), "biometric", lower_is_better=("eer",), headline="eer",
-                        options=dict(_ATTACK_OPTIONS)),
-    "pad": ProtocolInfo("pad", ("pad",), "biometric", lower_is_better=("hter",), headline="hter",
-                        options=dict(_ATTACK_OPTIONS)),
+    "mad": ProtocolInfo(
+        "mad", ("mad",), "biometric", "morphing attack detection",
+        _ATTACK_METRICS + tuple(f"{m}[*]" for m in _ATTACK_METRICS),
+        lower_is_better=_ATTACK_LOWER + tuple(f"{m}[*]" for m in _ATTACK_LOWER),
+        headline="eer", gelo=False, detail_tables=True, per_method_table=True,
+        options=dict(_ATTACK_OPTIONS)),
+    "pad": ProtocolInfo(
+        "pad", ("pad",), "biometric", "presentation attack detection",
+        _ATTACK_METRICS, lower_is_better=_ATTACK_LOWER, headline="hter", gelo=False,
+        detail_tables=True, options=dict(_ATTACK_OPTIONS)),
 }
 
-# Metrics where lower is better (arrows in the report, gates, --max-drop direction).
-LOWER_IS_BETTER = frozenset({
-    "eer", "hter", "apcer", "bpcer", "acer", "accuracy_std",
-}) | frozenset(f"{a}@{b}={x}" for a, b in (("bpcer", "apcer"), ("apcer", "bpcer"))
-               for x in ("0.01", "0.05", "0.1", "0.2"))
+
+def markers() -> dict[str, str]:
+    """pytest markers: one per protocol, then one per group (listing its protocols)."""
+    out = {p.name: p.description for p in PROTOCOLS.values()}
+    for g, desc in GROUPS.items():
+        members = [p.name for p in PROTOCOLS.values() if p.group == g]
+        out[g] = f"{desc} ({', '.join(members)})"
+    return out
 
 
-def lower_is_better(metric: str) -> bool:
-    base = metric.split("[", 1)[0]
-    return base in LOWER_IS_BETTER or base.startswith(("apcer", "bpcer", "eer", "hter", "acer"))
+def lower_is_better(metric: str, protocol: str | None = None) -> bool:
+    """Whether lower values of ``metric`` are better (report arrows, gates, --max-drop).
+
+    Decided by the protocol's registry entry, or by any protocol's when none is given."""
+    infos = [PROTOCOLS[protocol]] if protocol in PROTOCOLS else PROTOCOLS.values()
+    return any(info.is_lower_better(metric) for info in infos)
+
+
+def produces(protocol: str, metric: str) -> bool:
+    """Whether ``protocol`` can produce a metric named ``metric``."""
+    return PROTOCOLS[protocol].produces(metric)

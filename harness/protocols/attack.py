@@ -50,15 +50,16 @@ Scoring helpers for models without a task head: :func:`text_scores` (CLIP text p
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from harness import metrics as M
 from harness.errors import DataError
+from harness.protocols import ProtocolResult
 
 __all__ = [
-    "OPERATING_POINTS", "AttackResult", "attack_metrics", "average_per_video",
+    "OPERATING_POINTS", "AttackResult", "ProtocolResult", "attack_metrics", "average_per_video",
     "resolve_threshold", "evaluate_pad", "evaluate_mad", "evaluate",
     "text_scores", "probe_scores",
 ]
@@ -68,11 +69,8 @@ THRESHOLD_SOURCES = ("test-eer", "dev-eer")
 METRIC_RULES = M.RULES
 
 
-class AttackResult(NamedTuple):
-    """``metrics``: ``{name: float in [0, 1]}``; ``details``: threshold used, its source, counts."""
-
-    metrics: dict[str, float]
-    details: dict[str, Any]
+# ``metrics``: ``{name: float in [0, 1]}``; ``details``: threshold used, its source, counts.
+AttackResult = ProtocolResult
 
 
 def _rate_key(x: float) -> str:

@@ -38,6 +38,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from harness.protocols import ProtocolResult
+
 FARS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 FAR_RULES = ("at-most", "insightface")
 IMAGE_NORMS = ("keep", "unit")
@@ -269,7 +271,7 @@ def tar_at_fars(scores: Any, labels: Any, fars: Sequence[float] = FARS,
 def evaluate(image_features: Any, template_id: Any, media_id: Any, faceness: Any, pairs: Any,
              pair_label: Any, *, far_rule: str = "at-most", detector_score_weight: bool = True,
              image_norm: str = "keep", fars: Sequence[float] = FARS,
-             chunk: int = DEFAULT_CHUNK) -> tuple[dict[str, float], dict[str, Any]]:
+             chunk: int = DEFAULT_CHUNK) -> ProtocolResult:
     """IJB 1:1 verification: ``(metrics, details)``.
 
     ``metrics``: ``{"tar@far=1e-6": ..., ..., "tar@far=1e-1": ...}`` (plain floats, one per
@@ -294,4 +296,4 @@ def evaluate(image_features: Any, template_id: Any, media_id: Any, faceness: Any
                                "detector_score_weight": bool(detector_score_weight),
                                "image_norm": image_norm}
     details.update(points)
-    return metrics, details
+    return ProtocolResult(metrics, details)

@@ -56,6 +56,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from harness.protocols import ProtocolResult
 from harness.protocols.zeroshot import classification_metrics
 
 VARIANTS = ("clip", "clip-benchmark")
@@ -781,7 +782,7 @@ def evaluate(train_x, train_y, test_x, test_y, val_x=None, val_y=None, *,
              variant: str = "clip", val_fraction: float = 0.2, split_seed: int = 0,
              device: str | torch.device = "cpu", n_classes: int | None = None,
              max_iter: int = 1000, tol: float = 1e-4, seed: int = 0,
-             ) -> tuple[dict[str, float], dict[str, Any]]:
+             ) -> ProtocolResult:
     """Train a linear probe on ``train`` (+ ``val``), choose its regularisation, score ``test``.
 
     Arrays are numpy arrays or tensors: features ``[N, D]``, labels ``[N]`` ints in
@@ -869,4 +870,4 @@ def evaluate(train_x, train_y, test_x, test_y, val_x=None, val_y=None, *,
     details = {"variant": variant, "val_split": val_split, "n_train": int(n_fit),
                "n_val": int(yva.size), **details,
                "seconds": time.perf_counter() - t_start}
-    return metrics, details
+    return ProtocolResult(metrics, details)

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from harness.metrics import tar_at_far, verification_accuracy, verification_val
+from harness.protocols import ProtocolResult
 
 MIN_IMPOSTORS_FOR_TAR = 1000
 TAR_FAR = 1e-3
@@ -103,8 +104,9 @@ def evaluate_with_details(embeddings: Any, issame: Any, n_folds: int = 10, *,
 
 
 def evaluate(embeddings: Any, issame: Any, n_folds: int = 10, *,
-             embeddings_noflip: Any = None) -> dict[str, float]:
+             embeddings_noflip: Any = None) -> ProtocolResult:
     """Metrics of a pair list: ``accuracy``, ``accuracy_std``, (enough pairs) ``tar@far=1e-3``,
     ``val@far=1e-3`` and, with ``embeddings_noflip``, ``accuracy_noflip``
-    (:func:`evaluate_with_details` without the details)."""
-    return evaluate_with_details(embeddings, issame, n_folds, embeddings_noflip=embeddings_noflip)[0]
+    (:func:`evaluate_with_details` as one :class:`ProtocolResult`)."""
+    return ProtocolResult(*evaluate_with_details(embeddings, issame, n_folds,
+                                                 embeddings_noflip=embeddings_noflip))

@@ -15,6 +15,8 @@ from typing import Callable, Sequence, Union
 import numpy as np
 import torch
 
+from harness.protocols import ProtocolResult
+
 Template = Union[str, Callable[[str], str]]
 
 _ROW_CHUNK = 8192  # rows of logits ranked at a time (bounds the memory of the comparison)
@@ -146,7 +148,7 @@ def classification_metrics(logits, labels) -> dict[str, float]:
     return out
 
 
-def evaluate(image_features, labels, classifier) -> dict[str, float]:
+def evaluate(image_features, labels, classifier) -> ProtocolResult:
     """Zero-shot metrics: ``logits = 100 * normalise(image_features) @ classifier``.
 
     ``image_features [N, D]``, ``labels [N]`` (ints in ``0..C-1``), ``classifier [D, C]`` (as
@@ -167,4 +169,4 @@ def evaluate(image_features, labels, classifier) -> dict[str, float]:
         raise ValueError("image features or classifier contain NaN or infinite values")
     _labels_array(labels, f.shape[0], w.shape[1])  # validate before the matmul
     logits = 100.0 * torch.nn.functional.normalize(f, dim=-1) @ w
-    return classification_metrics(logits, labels)
+    return ProtocolResult(classification_metrics(logits, labels), {})

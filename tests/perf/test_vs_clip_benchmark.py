@@ -14,7 +14,7 @@ Setup (all offline, CPU):
   images made from scikit-learn's digits (train images from a stratified 2/3 of the digits, test
   images from the other 1/3; each 8x8 digit upsampled to 20x20, placed at a random shift of up
   to 2 px, plus Gaussian noise).  Both tools read the same files.
-* model: the demo's tiny CLIP (``fixtures.demo``), a ``local-dir:`` open_clip folder.
+* model: the demo's tiny CLIP (``tradeoff_bench_fixtures.demo``), a ``local-dir:`` open_clip folder.
 * CLIP_benchmark: ``--task zeroshot_classification`` then ``--task linear_probe`` (two
   processes: it runs one task per invocation), ``--val_proportion 0.2`` so that it searches the
   weight decay on a validation carve-out like the harness's default ``clip`` probe searches C,
@@ -110,7 +110,7 @@ def make_mnist(root: Path, n_train: int = N_TRAIN, n_test: int = N_TEST, seed: i
 
 
 def make_model(root: Path) -> Path:
-    from fixtures.demo import ensure_demo
+    from tradeoff_bench_fixtures.demo import ensure_demo
 
     return ensure_demo(root) / "models" / "base"
 
