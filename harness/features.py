@@ -12,6 +12,7 @@ written leaves the features in memory with a warning.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
@@ -124,28 +125,6 @@ def text_key(model_fingerprint: str, classnames: list[str], templates: list[str]
 
 # ------------------------------------------------------------------------------ loading
 
-class _ImageDataset:
-    """torch Dataset over a Split: (tensor, index, ok).  Unreadable images give ok=False."""
-
-    def __init__(self, split, transform, size: int):
-        self.split = split
-        self.transform = transform
-        self.size = size
-
-    def __len__(self) -> int:
-        return len(self.split)
-
-    def __getitem__(self, i: int):
-        import torch
-
-        try:
-            return self.transform(self.split.load(i)), i, True
-        except DataError:
-            raise
-        except Exception:  # noqa: BLE001 - any decode failure counts as an unreadable image
-            return torch.zeros(3, self.size, self.size), i, False
-
-
 def _cpus() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -183,21 +162,6 @@ def plan_cpu_loader(decode_seconds: float, forward_seconds: float, cpus: int) ->
     return best
 
 
-def _probe_costs(model, ds, k: int = 8) -> tuple[float, float]:
-    """Measure decode + preprocess (one core) and forward (per image) on the first k images."""
-    import torch
-
-    k = min(k, len(ds))
-    t0 = time.perf_counter()
-    batch = torch.stack([ds[i][0] for i in range(k)])
-    decode = (time.perf_counter() - t0) / k
-    model.encode_image(batch)  # warm-up
-    t0 = time.perf_counter()
-    model.encode_image(batch)
-    forward = (time.perf_counter() - t0) / k
-    return decode, forward
-
-
 def _item_name(split, i: int) -> str:
     item = split.items[i]
     return str(item) if isinstance(item, (str, os.PathLike)) else f"#{i}"
@@ -227,6 +191,74 @@ def _chunk_plan(missing: list[tuple[int, int]], chunk_rows: int) -> list[tuple[i
     return chunks
 
 
+@dataclass(frozen=True)
+class Need:
+    """One model's request on a split: ``flip`` fuses f(x) + f(flip x); ``writer`` (optional)
+    commits its rows chunk by chunk and supplies the rows an earlier, killed run committed."""
+
+    model: Any
+    flip: bool = False
+    writer: ChunkWriter | None = None
+
+
+class _MultiDataset:
+    """torch Dataset over a Split: (one tensor per distinct transform, index, ok)."""
+
+    def __init__(self, split, transforms: list, sizes: list[int]):
+        self.split = split
+        self.transforms = transforms
+        self.sizes = sizes
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int):
+        import torch
+
+        try:
+            img = self.split.load(i)
+            return tuple(t(img) for t in self.transforms), i, True
+        except DataError:
+            raise
+        except Exception:  # noqa: BLE001 - any decode failure counts as an unreadable image
+            return tuple(torch.zeros(3, s, s) for s in self.sizes), i, False
+
+
+def _preprocess_groups(needs) -> tuple[list, list[int]]:
+    """Distinct preprocessings (by fingerprint) and, per need, the index of its own: models
+    that share a preprocessing share the resize."""
+    order: dict[str, int] = {}
+    pres: list = []
+    index: list[int] = []
+    for n in needs:
+        fp = n.model.preprocess.fingerprint
+        if fp not in order:
+            order[fp] = len(pres)
+            pres.append(n.model.preprocess)
+        index.append(order[fp])
+    return pres, index
+
+
+def _probe_many(needs, ds: _MultiDataset, index: list[int], k: int = 8) -> tuple[float, float]:
+    """Per image: decode + every preprocessing on one core, and every model's forward."""
+    import torch
+
+    k = min(k, len(ds))
+    t0 = time.perf_counter()
+    samples = [ds[i][0] for i in range(k)]
+    decode = (time.perf_counter() - t0) / k
+    forward = 0.0
+    for n, j in zip(needs, index):
+        batch = torch.stack([s[j] for s in samples])
+        if n.flip:
+            batch = torch.cat([batch, batch.flip(-1)], 0)
+        n.model.encode_image(batch)  # warm-up
+        t0 = time.perf_counter()
+        n.model.encode_image(batch)
+        forward += (time.perf_counter() - t0) / k
+    return decode, forward
+
+
 def extract(model, split, flip: bool = False, batch_size: int = 128,
             num_workers: int | None = None, progress: bool = False,
             writer: ChunkWriter | None = None, chunk_rows: int = 4096,
@@ -239,60 +271,88 @@ def extract(model, split, flip: bool = False, batch_size: int = 128,
     fails (full disk, read-only folder) goes to ``on_write_error`` and extraction carries on in
     memory.
     """
+    return extract_many([Need(model, flip, writer)], split, batch_size, num_workers, progress,
+                        chunk_rows, on_write_error)[0]
+
+
+def extract_many(needs: list[Need], split, batch_size: int = 128, num_workers: int | None = None,
+                 progress: bool = False, chunk_rows: int = 4096,
+                 on_write_error: Callable[[OSError], None] | None = None) -> list[Features]:
+    """Features of ``split`` for every need, from ONE pass over its images.
+
+    Each image is decoded once, each distinct preprocessing applied once, and every model run on
+    its own tensor: each need's features are bit-identical to extracting it alone (same
+    transform, same batches on the same grid).  Rows a need's writer already holds are read back,
+    not recomputed; the images decoded are the rows some need still lacks."""
     import torch
     from torch.utils.data import DataLoader
 
     n = len(split)
-    out: np.ndarray | None = None
-    valid = np.ones(n, dtype=bool)
-    done = []
-    if writer is not None:
-        for c in writer.completed():
-            if out is None:
-                out = np.zeros((n, c.x.shape[1]), dtype=np.float32)
-            if c.x.shape[1] != out.shape[1]:
+    if not needs:
+        return []
+    K = len(needs)
+    outs: list[np.ndarray | None] = [None] * K
+    valids = [np.ones(n, dtype=bool) for _ in range(K)]
+    dones: list[list[tuple[int, int]]] = [[] for _ in range(K)]
+    writers = [nd.writer for nd in needs]
+    for k, w in enumerate(writers):
+        for c in (w.completed() if w is not None else []):
+            if outs[k] is None:
+                outs[k] = np.zeros((n, c.x.shape[1]), dtype=np.float32)
+            if c.x.shape[1] != outs[k].shape[1]:  # type: ignore[union-attr]
                 continue  # a chunk of another width cannot be ours: recompute its rows
-            out[c.start:c.stop] = c.x
-            valid[c.start:c.stop] = c.valid
-            done.append((c.start, c.stop))
-    resumed = sum(b - a for a, b in done)
+            outs[k][c.start:c.stop] = c.x  # type: ignore[index]
+            valids[k][c.start:c.stop] = c.valid
+            dones[k].append((c.start, c.stop))
+    resumed = [sum(b - a for a, b in d) for d in dones]
     rows = max(batch_size, (max(chunk_rows, 1) // batch_size) * batch_size)
-    plan = _chunk_plan(_missing_ranges(n, done), rows)
+    missing_k = [_chunk_plan(_missing_ranges(n, d), rows) for d in dones]
+    have = np.ones(n, dtype=bool)  # rows every need already has
+    for mk in missing_k:
+        for a, e in mk:
+            have[a:e] = False
+    plan = _chunk_plan(_missing_ranges(n, _ranges(have)), rows)
     batches = [list(range(s, min(s + batch_size, e))) for a, e in plan for s in range(a, e, batch_size)]
+    lacks = [np.zeros(n, dtype=bool) for _ in range(K)]
+    for k, mk in enumerate(missing_k):
+        for a, e in mk:
+            lacks[k][a:e] = True
 
-    pre = model.preprocess
-    ds = _ImageDataset(split, pre.transform(), pre.size)
-    on_cuda = str(model.device).startswith("cuda")
+    pres, index = _preprocess_groups(needs)
+    ds = _MultiDataset(split, [p.transform() for p in pres], [p.size for p in pres])
+    devices = {str(nd.model.device) for nd in needs}
+    on_cpu = devices == {"cpu"}
+    on_cuda = any(d.startswith("cuda") for d in devices)
     threads_before = torch.get_num_threads()
     threads = threads_before
     todo = sum(len(b) for b in batches)
     if not todo:
         workers = 0
-    elif num_workers is None and str(model.device) == "cpu" and todo >= 512:
-        cpus = _cpus()
-        workers, threads = plan_cpu_loader(*_probe_costs(model, ds), cpus)
+    elif num_workers is None and on_cpu and todo >= 512:
+        workers, threads = plan_cpu_loader(*_probe_many(needs, ds, index), _cpus())
     else:
         workers = _num_workers(todo, num_workers)
-        if str(model.device) == "cpu" and workers:
+        if on_cpu and workers:
             threads = max(1, _cpus() - workers)
     bar = None
     if progress and todo:
         from tqdm import tqdm
 
-        bar = tqdm(total=n, initial=resumed, unit="img", desc=f"features {model.id}/{split.name}",
-                   leave=False, dynamic_ncols=True)
+        names = ",".join(dict.fromkeys(str(nd.model.id) for nd in needs))
+        bar = tqdm(total=n, initial=min(resumed), unit="img", desc=f"features {names}/{split.name}",
+                   leave=False, dynamic_ncols=True, **_tqdm_kwargs())
 
-    def commit(a: int, e: int) -> None:
-        nonlocal writer
-        if writer is None or out is None:
+    def commit(k: int, a: int, e: int) -> None:
+        out = outs[k]
+        if writers[k] is None or out is None or not lacks[k][a]:
             return
-        v = valid[a:e]
+        v = valids[k][a:e]
         x = out[a:e].copy()
         x[~v] = 0.0
         try:
-            writer.write_chunk(a, x, v, [_item_name(split, int(i)) for i in a + np.flatnonzero(~v)])
+            writers[k].write_chunk(a, x, v, [_item_name(split, int(i)) for i in a + np.flatnonzero(~v)])  # type: ignore[union-attr]
         except OSError as err:
-            writer = None
+            writers[k] = None
             if on_write_error is not None:
                 on_write_error(err)
 
@@ -300,48 +360,74 @@ def extract(model, split, flip: bool = False, batch_size: int = 128,
     torch.set_num_threads(threads)
     try:
         if batches:
-            dataset: Any = ds
-            loader: Any = DataLoader(dataset, batch_sampler=batches, num_workers=workers,
+            loader: Any = DataLoader(ds, batch_sampler=batches, num_workers=workers,
                                      pin_memory=on_cuda, persistent_workers=False,
                                      prefetch_factor=4 if workers else None)
             ci = 0
             with torch.inference_mode():
                 for images, idx, ok in loader:
-                    if flip:
-                        both = torch.cat([images, images.flip(-1)], 0)
-                        f = model.encode_image(both)
-                        f = f[: len(images)] + f[len(images):]
-                    else:
-                        f = model.encode_image(images)
-                    f = f.float().cpu().numpy()
-                    if out is None:
-                        out = np.zeros((n, f.shape[1]), dtype=np.float32)
                     idx = idx.numpy()
-                    out[idx] = f
-                    valid[idx] = ok.numpy().astype(bool)
+                    okb = ok.numpy().astype(bool)
+                    for k, (nd, j) in enumerate(zip(needs, index)):
+                        if not lacks[k][idx[0]]:
+                            continue  # this need's chunk was resumed from the store
+                        x = images[j]
+                        if nd.flip:
+                            f = nd.model.encode_image(torch.cat([x, x.flip(-1)], 0))
+                            f = f[: len(x)] + f[len(x):]
+                        else:
+                            f = nd.model.encode_image(x)
+                        f = f.float().cpu().numpy()
+                        if outs[k] is None:
+                            outs[k] = np.zeros((n, f.shape[1]), dtype=np.float32)
+                        outs[k][idx] = f  # type: ignore[index]
+                        valids[k][idx] = okb
                     if bar is not None:
                         bar.update(len(idx))
                     while ci < len(plan) and idx[-1] + 1 >= plan[ci][1]:
-                        commit(*plan[ci])
+                        for k in range(K):
+                            commit(k, *plan[ci])
                         ci += 1
     finally:
         torch.set_num_threads(threads_before)
     if bar is not None:
         bar.close()
     seconds = time.perf_counter() - t0
-    if out is None:
-        out = np.zeros((n, 0), dtype=np.float32) if n else np.zeros((0, 0), dtype=np.float32)
-    out[~valid] = 0.0
-    bad = [_item_name(split, int(i)) for i in np.flatnonzero(~valid)]
-    if writer is not None:
-        try:
-            writer.finish({"bad_items": bad, "seconds": seconds, "n_rows": n}, out, valid)
-        except OSError as err:
-            if on_write_error is not None:
-                on_write_error(err)
-    return Features(out, split.labels, valid, bad, seconds, False,
-                    loader={"workers": workers, "threads": threads, "resumed_rows": resumed,
-                            "decoded_rows": todo})
+    result = []
+    for k in range(K):
+        out = outs[k]
+        if out is None:
+            out = np.zeros((n, 0), dtype=np.float32) if n else np.zeros((0, 0), dtype=np.float32)
+        valid = valids[k]
+        out[~valid] = 0.0
+        bad = [_item_name(split, int(i)) for i in np.flatnonzero(~valid)]
+        if writers[k] is not None:
+            try:
+                writers[k].finish({"bad_items": bad, "seconds": seconds, "n_rows": n}, out, valid)  # type: ignore[union-attr]
+            except OSError as err:
+                if on_write_error is not None:
+                    on_write_error(err)
+        result.append(Features(out, split.labels, valid, bad, seconds, False,
+                               loader={"workers": workers, "threads": threads,
+                                       "resumed_rows": resumed[k], "decoded_rows": todo,
+                                       "shared_models": K, "distinct_preprocessing": len(pres)}))
+    return result
+
+
+def _ranges(mask: np.ndarray) -> list[tuple[int, int]]:
+    """Runs of True in ``mask`` as (start, stop)."""
+    m = np.concatenate([[False], mask, [False]]).astype(np.int8)
+    d = np.flatnonzero(np.diff(m))
+    return [(int(a), int(b)) for a, b in zip(d[0::2], d[1::2])]
+
+
+def _tqdm_kwargs() -> dict:
+    """Progress bars that stay readable without a TTY: rare updates, no carriage-return spam."""
+    import sys
+
+    if sys.stderr.isatty():
+        return {}
+    return {"mininterval": 30.0, "ascii": True}
 
 
 # -------------------------------------------------------------------------------- cache
@@ -403,12 +489,15 @@ class FeatureCache:
     def _forced(self, key: str) -> bool:
         return self.refresh and key not in self._refreshed
 
-    def features(self, model, split, flip: bool = False, batch_size: int = 128,
-                 num_workers: int | None = None, progress: bool = False) -> Features:
-        key = feature_key(model.fingerprint, model.preprocess.fingerprint, split.fingerprint(),
-                          split.name, flip, runtime_fingerprint(model))
-        force = self._forced(key)
-        if not force and key in self._memory:
+    def key(self, model, split, flip: bool) -> str:
+        return feature_key(model.fingerprint, model.preprocess.fingerprint, split.fingerprint(),
+                           split.name, flip, runtime_fingerprint(model))
+
+    def _read(self, key: str, split) -> Features | None:
+        """The entry under ``key`` from memory or disk (None when absent, damaged or forced)."""
+        if self._forced(key):
+            return None
+        if key in self._memory:
             self._memory.move_to_end(key)
             f = self._memory[key]
             return Features(f.x, split.labels, f.valid, list(f.bad_items), 0.0, True, key)
@@ -421,32 +510,72 @@ class FeatureCache:
             if len(meta.get("bad_items", [])) != int((~v.astype(bool)).sum()):
                 raise DamagedEntry("unreadable-image list does not match the flags")
 
-        with self.store.lock("features", key):
-            if force:
-                self.store.discard("features", key)
-                self._refreshed.add(key)
-            else:
-                got = self.store.read("features", key, check)
-                if got is not None:
-                    arrays, meta = got
-                    f = Features(arrays["x"], split.labels, np.asarray(arrays["valid"], dtype=bool),
-                                 [str(s) for s in meta.get("bad_items", [])], 0.0, True, key)
-                    self._remember(key, f)
-                    return f
-            writer = None
-            if self.store.writable():
-                writer = self.store.open_writer(key, n)
-                try:
-                    writer.chunk_dir.mkdir(parents=True, exist_ok=True)
-                except OSError as e:
-                    self.store.write_failed(e)
-                    writer = None
-            self.extractions += 1
-            f = extract(model, split, flip, batch_size, num_workers, progress, writer=writer,
-                        chunk_rows=self.chunk_rows, on_write_error=self.store.write_failed)
-        f.key = key
+        got = self.store.read("features", key, check)
+        if got is None:
+            return None
+        arrays, meta = got
+        f = Features(arrays["x"], split.labels, np.asarray(arrays["valid"], dtype=bool),
+                     [str(s) for s in meta.get("bad_items", [])], 0.0, True, key)
         self._remember(key, f)
         return f
+
+    def cached(self, model, split, flip: bool = False) -> bool:
+        """Whether the features are in the cache (memory or a complete, intact entry)."""
+        key = self.key(model, split, flip)
+        return not self._forced(key) and (key in self._memory or
+                                          self.store.read("features", key) is not None)
+
+    def features(self, model, split, flip: bool = False, batch_size: int = 128,
+                 num_workers: int | None = None, progress: bool = False) -> Features:
+        return self.features_many([(model, flip)], split, batch_size, num_workers, progress)[0]
+
+    def features_many(self, requests: list[tuple[Any, bool]], split, batch_size: int = 128,
+                      num_workers: int | None = None, progress: bool = False) -> list[Features]:
+        """Features of ``split`` for every (model, flip), extracting those not cached in ONE pass
+        over the images (:func:`extract_many`), each committed chunk by chunk to its own entry."""
+        keys = [self.key(m, split, flip) for m, flip in requests]
+        out: list[Features | None] = [None] * len(requests)
+        for i, key in enumerate(keys):
+            if key not in keys[:i]:
+                out[i] = self._read(key, split)
+        todo = [i for i, f in enumerate(out) if f is None and keys[i] not in keys[:i]]
+        if todo:
+            with contextlib.ExitStack() as locks:
+                for key in sorted({keys[i] for i in todo}):
+                    locks.enter_context(self.store.lock("features", key))
+                needs, which = [], []
+                for i in todo:  # another process may have written it while we waited
+                    key = keys[i]
+                    if self._forced(key):
+                        self.store.discard("features", key)
+                        self._refreshed.add(key)
+                    else:
+                        out[i] = self._read(key, split)
+                        if out[i] is not None:
+                            continue
+                    writer = None
+                    if self.store.writable():
+                        writer = self.store.open_writer(key, len(split))
+                        try:
+                            writer.chunk_dir.mkdir(parents=True, exist_ok=True)
+                        except OSError as e:
+                            self.store.write_failed(e)
+                            writer = None
+                    m, flip = requests[i]
+                    needs.append(Need(m, flip, writer))
+                    which.append(i)
+                if needs:
+                    self.extractions += 1
+                    got = extract_many(needs, split, batch_size, num_workers, progress,
+                                       self.chunk_rows, self.store.write_failed)
+                    for i, f in zip(which, got):
+                        f.key = keys[i]
+                        self._remember(keys[i], f)
+                        out[i] = f
+        for i, key in enumerate(keys):  # duplicates of an earlier request
+            if out[i] is None:
+                out[i] = out[keys.index(key)]
+        return out  # type: ignore[return-value]
 
     def text_classifier(self, model, classnames: list[str], templates: list,
                         build: Callable[[], np.ndarray]) -> np.ndarray:

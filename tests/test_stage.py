@@ -7,7 +7,7 @@ from PIL import Image
 from harness.data.base import Split
 from harness.features import extract
 from harness.models.preprocess import Preprocess
-from harness.stage import Need, extract_many
+from harness.features import Need, extract_many
 
 
 class Linear:
@@ -72,3 +72,38 @@ def test_each_image_is_decoded_once_for_all_models(tmp_path):
 
 def test_no_needs_gives_nothing(tmp_path):
     assert extract_many([], make_split(tmp_path)) == []
+
+
+def test_plan_groups_models_dataset_major():
+    from harness.stage import Group, plan
+
+    needs = {"zeroshot": [("d1", "test", False)], "linear_probe": [("d1", "train", False),
+                                                                   ("d1", "test", False)],
+             "verification": [("d2", "test", True), ("d2", "test", False)]}
+    cases = [("zeroshot", "b", "d1"), ("linear_probe", "a", "d1"), ("zeroshot", "a", "d1"),
+             ("verification", "b", "d2")]
+    groups = plan(cases, lambda p, m, d: needs[p], ["d2", "d1"], ["a", "b"])
+    assert groups == [Group("d2", "test", False, ("b",)), Group("d2", "test", True, ("b",)),
+                      Group("d1", "train", False, ("a",)), Group("d1", "test", False, ("a", "b"))]
+
+
+def test_cache_many_resumes_each_model_from_its_own_chunks(tmp_path):
+    from harness.features import FeatureCache
+
+    split = make_split(tmp_path, n=10)
+    models = [Linear(0), Linear(1)]
+    cache = FeatureCache(tmp_path / "c", chunk_rows=4)
+    ref = [extract(m, split, batch_size=2, num_workers=0) for m in models]
+    # model 0 alone first: its entry is complete; then both: only model 1 is extracted
+    cache.features(models[0], split, batch_size=2, num_workers=0)
+    split.meta["decodes"] = 0
+    got = cache.features_many([(models[0], False), (models[1], False)], split, batch_size=2,
+                              num_workers=0)
+    assert split.meta["decodes"] == len(split)  # one pass, for model 1 only
+    assert got[0].from_cache and not got[1].from_cache
+    for r, g in zip(ref, got):
+        assert np.array_equal(np.asarray(g.x), r.x)
+    # a fresh cache object reads both back without decoding
+    split.meta["decodes"] = 0
+    again = FeatureCache(tmp_path / "c").features_many([(m, False) for m in models], split)
+    assert split.meta["decodes"] == 0 and all(f.from_cache for f in again)

@@ -13,7 +13,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from functools import cache
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
+
+Need = tuple[str | None, str, bool]  # (dataset id, None = the case's own; split; flip)
 
 
 class ProtocolResult(NamedTuple):
@@ -69,6 +72,10 @@ class ProtocolInfo:
     detail_tables: bool = False     # report: one models x metrics table per dataset
     per_method_table: bool = False  # report: per attack method table (metric[method] keys)
     options: dict[str, Option] = field(default_factory=dict)
+    # the features a case reads: (option getter, the dataset's splits) -> [(dataset id or None
+    # for the case's own, split, flip)]; the feature stage extracts them before the cases run
+    feature_needs: Callable[[Callable[[str], Any], Sequence[str]], list[Need]] = \
+        field(default=lambda option, splits: [(None, "test", False)])
 
     def produces(self, metric: str) -> bool:
         return any(_match(p, metric) for p in self.metrics)
@@ -104,6 +111,31 @@ _ATTACK_LOWER = ("eer", "hter", "apcer", "apcer_pooled", "bpcer", "acer", "bpcer
                  "apcer@bpcer=*", "apcer[*]")
 _ATTACK_METRICS = ("auc",) + _ATTACK_LOWER
 
+def _probe_needs(option: Callable[[str], Any], splits: Sequence[str]) -> list[Need]:
+    return [(None, s, False) for s in ("train", "val", "test") if s in splits]
+
+
+def _verification_needs(option: Callable[[str], Any], splits: Sequence[str]) -> list[Need]:
+    flip = bool(option("flip"))
+    return [(None, "test", flip)] + ([(None, "test", False)] if flip else [])
+
+
+def _ijb_needs(option: Callable[[str], Any], splits: Sequence[str]) -> list[Need]:
+    return [(None, "test", bool(option("flip")))]
+
+
+def _attack_needs(option: Callable[[str], Any], splits: Sequence[str]) -> list[Need]:
+    probe = option("scoring") == "probe"
+    out: list[Need] = [(None, "test", False)] + ([(None, "train", False)] if probe else [])
+    if option("threshold") == "dev-eer":
+        dev = option("dev")
+        if dev:  # the other dataset's test split (and its train split for a probe)
+            out += [(dev, "test", False)] + ([(dev, "train", False)] if probe else [])
+        else:
+            out.append((None, "dev", False))
+    return out
+
+
 PROTOCOLS: dict[str, ProtocolInfo] = {
     "zeroshot": ProtocolInfo(
         "zeroshot", ("classification",), "general",
@@ -122,7 +154,7 @@ PROTOCOLS: dict[str, ProtocolInfo] = {
                                    "share of train carved out for the regularisation search "
                                    "where the dataset has no validation split"),
             "split_seed": Option((int,), 0, None, "seed of the train/validation carve-out"),
-        }),
+        }, feature_needs=_probe_needs),
     "verification": ProtocolInfo(
         "verification", ("verification",), "biometric",
         "face verification, InsightFace 10-fold accuracy",
@@ -132,7 +164,7 @@ PROTOCOLS: dict[str, ProtocolInfo] = {
         options={
             "flip": Option((bool,), True, None, "fuse each embedding with its horizontal flip"),
             "n_folds": Option((int,), 10, None, "cross-validation folds (contiguous blocks)"),
-        }),
+        }, feature_needs=_verification_needs),
     "ijb": ProtocolInfo(
         "ijb", ("ijb",), "biometric", "IJB-B / IJB-C template verification, TAR at FAR",
         ("tar@far=*",), headline="tar@far=1e-4", detail_tables=True,
@@ -144,17 +176,17 @@ PROTOCOLS: dict[str, ProtocolInfo] = {
                                             "multiply image features by the detector score"),
             "image_norm": Option((str,), "keep", ("keep", "unit"),
                                  "keep image feature norms, or L2-normalise before pooling"),
-        }),
+        }, feature_needs=_ijb_needs),
     "mad": ProtocolInfo(
         "mad", ("mad",), "biometric", "morphing attack detection",
         _ATTACK_METRICS + tuple(f"{m}[*]" for m in _ATTACK_METRICS),
         lower_is_better=_ATTACK_LOWER + tuple(f"{m}[*]" for m in _ATTACK_LOWER),
         headline="eer", gelo=False, detail_tables=True, per_method_table=True,
-        options=dict(_ATTACK_OPTIONS)),
+        options=dict(_ATTACK_OPTIONS), feature_needs=_attack_needs),
     "pad": ProtocolInfo(
         "pad", ("pad",), "biometric", "presentation attack detection",
         _ATTACK_METRICS, lower_is_better=_ATTACK_LOWER, headline="hter", gelo=False,
-        detail_tables=True, options=dict(_ATTACK_OPTIONS)),
+        detail_tables=True, options=dict(_ATTACK_OPTIONS), feature_needs=_attack_needs),
 }
 
 
