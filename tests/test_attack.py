@@ -8,7 +8,7 @@ from PIL import Image
 
 from harness import metrics as M
 from harness.data import attack_list as AL
-from harness.data.base import _FORMATS
+from harness.data.registry import _FORMATS
 from harness.errors import DataError, DataMissing
 from harness.protocols import attack as A
 from harness.protocols import lower_is_better
