@@ -49,6 +49,8 @@ _ATTACK_OPTIONS = {
     "dev": Option((str,), None, None, "dataset id whose test split is the development set for "
                   "'dev-eer' (default: this dataset's own 'dev' split)"),
     "video_average": Option((bool,), True, None, "average frame scores per video id"),
+    "video_id_pattern": Option((str,), None, None, "regex, one group: video id from the relative path"),
+    "allow_outside_root": Option((bool,), False, None, "list paths may resolve outside the CSV's folder"),
 }
 
 PROTOCOLS: dict[str, ProtocolInfo] = {
@@ -57,6 +59,7 @@ PROTOCOLS: dict[str, ProtocolInfo] = {
         options={
             "classnames": Option((str,), None, None, "JSON list or text file, one class per line"),
             "templates": Option((str,), None, None, "JSON list or text file with '{c}' placeholders"),
+            "sun397_split": Option((str,), "partition01", ("partition01", "all"), "SUN397 images used"),
         }),
     "linear_probe": ProtocolInfo(
         "linear_probe", ("classification",), "general",
@@ -67,6 +70,7 @@ PROTOCOLS: dict[str, ProtocolInfo] = {
                                    "share of train carved out for the regularisation search "
                                    "where the dataset has no validation split"),
             "split_seed": Option((int,), 0, None, "seed of the train/validation carve-out"),
+            "sun397_split": Option((str,), "partition01", ("partition01", "all"), "SUN397 images used"),
         }),
     "verification": ProtocolInfo(
         "verification", ("verification",), "biometric", headline="accuracy",
