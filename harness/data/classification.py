@@ -51,8 +51,8 @@ comparable with published ones.
 
 The array formats (cifar, mnist, stl10) give ``items = range(N)`` and a picklable
 :class:`ArrayImages` reader (memory-mapped where the file is uncompressed); their fingerprint is
-the source files' path, size and mtime.  CIFAR's pickles are read by a restricted unpickler
-that admits only plain containers and numpy array reconstruction; anything else raises
+the source files' path, size and mtime.  CIFAR's pickles are read by the one restricted unpickler,
+:mod:`harness.safe_pickle` (plain containers and numeric numpy arrays only); anything else raises
 :class:`UnsafePickleError` before it runs.  The ``.mat`` files (cars, flowers) need scipy.
 """
 
@@ -61,10 +61,8 @@ from __future__ import annotations
 import csv
 import functools
 import gzip
-import importlib
 import json
 import os
-import pickle
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +75,7 @@ from harness.data.base import Dataset, Split, file_fingerprint, register_format
 from harness.data.imagefolder import check_same_classes, class_folders, folder_split
 from harness.data.prompts import vendored_classnames
 from harness.errors import DataError, DataMissing, UnsafePickleError
+from harness.safe_pickle import safe_load
 
 
 # ----------------------------------------------------------------------------------- helpers
@@ -179,63 +178,13 @@ def _array_split(name: str, reader: ArrayImages, n: int, labels: np.ndarray,
 
 # ------------------------------------------------------------------------ restricted pickles
 
-def _np_global(name: str, modules: Sequence[str]) -> Any:
-    for mod in modules:
-        try:
-            return getattr(importlib.import_module(mod), name)
-        except (ImportError, AttributeError):
-            continue
-    raise AttributeError(name)  # pragma: no cover
-
-
-def _latin1_encode(text: str, encoding: str = "latin1", errors: str = "strict") -> bytes:
-    """``_codecs.encode`` as protocol-2 pickles of bytes use it: latin-1 only."""
-    if encoding.replace("-", "").replace("_", "").lower() not in ("latin1", "iso88591"):
-        raise UnsafePickleError(f"_codecs.encode with encoding {encoding!r} is not admitted")
-    return text.encode("latin1", errors)
-
-
-_MULTIARRAY = ("numpy._core.multiarray", "numpy.core.multiarray")
-_NUMERIC = ("numpy._core.numeric", "numpy.core.numeric")
-_SAFE_GLOBALS: dict[tuple[str, str], Callable[[], Any]] = {
-    ("numpy.core.multiarray", "_reconstruct"): lambda: _np_global("_reconstruct", _MULTIARRAY),
-    ("numpy._core.multiarray", "_reconstruct"): lambda: _np_global("_reconstruct", _MULTIARRAY),
-    ("numpy.core.numeric", "_frombuffer"): lambda: _np_global("_frombuffer", _NUMERIC),
-    ("numpy._core.numeric", "_frombuffer"): lambda: _np_global("_frombuffer", _NUMERIC),
-    ("numpy", "ndarray"): lambda: np.ndarray,
-    ("numpy", "dtype"): lambda: np.dtype,
-    ("_codecs", "encode"): lambda: _latin1_encode,
-}
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    def __init__(self, file, path: str):
-        super().__init__(file, encoding="latin1")
-        self._path = path
-
-    def find_class(self, module: str, name: str) -> Any:
-        make = _SAFE_GLOBALS.get((module, name))
-        if make is None:
-            raise UnsafePickleError(
-                f"{self._path}: the pickle references {module}.{name}; only plain containers, "
-                "strings, numbers and numpy arrays are admitted, so it was refused without "
-                "running it")
-        return make()
-
-    def persistent_load(self, pid: Any) -> Any:
-        raise UnsafePickleError(f"{self._path}: the pickle uses persistent ids; refused")
-
-
 def load_plain_pickle(path: Path) -> Any:
-    """Unpickle a file that may hold only containers, str/bytes/numbers and numpy arrays."""
-    with open(_need(path), "rb") as f:
-        try:
-            obj = _RestrictedUnpickler(f, str(path)).load()
-        except UnsafePickleError:
-            raise
-        except Exception as e:
-            raise DataError(f"{path}: not a readable pickle ({type(e).__name__}: {e})") from None
-    return obj
+    """Unpickle a file that may hold only containers, str/bytes/numbers and numeric arrays.
+
+    The one restricted unpickler, :func:`harness.safe_pickle.safe_load` (Python 2 strings read
+    as latin-1, as torchvision reads CIFAR).
+    """
+    return safe_load(_need(path), encoding="latin1", expected="a CIFAR python batch (a pickled dict)")
 
 
 def _pickle_dict(path: Path) -> dict[str, Any]:
