@@ -69,6 +69,7 @@ def folder_split(name: str, folder: Path, classes: Sequence[str],
     items: list[str] = []
     labels: list[int] = []
     base = os.fspath(folder)
+    prefix = base.rstrip(os.sep) + os.sep
     for cls in class_folders(folder):
         rels = by_class.get(cls)
         if not rels:
@@ -79,7 +80,8 @@ def folder_split(name: str, folder: Path, classes: Sequence[str],
                 f"every label after it -- remove the folder or add its images"
                 + (f" ({skipped[0]})" if skipped else ""))
         y = label_of(cls)
-        items.extend(os.path.join(base, *r.split("/")) for r in rels)
+        items.extend([prefix + r for r in rels] if os.sep == "/" else
+                     [os.path.join(base, *r.split("/")) for r in rels])
         labels.extend([y] * len(rels))
     return Split(name, items, np.asarray(labels, dtype=np.int64), notes=list(tree.notes),
                  fingerprint_parts=[f"folder-index-v1|{tree.fingerprint}"])
