@@ -27,7 +27,8 @@ from __future__ import annotations
 import contextvars
 import os
 import pickle
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 
@@ -89,7 +90,7 @@ class _DType(metaclass=_Frozen):
         if order not in ("<", ">", "|", "="):
             raise _Refused(f"byte order {order!r}")
         if order in "<>":
-            self.dtype = self.dtype.newbyteorder(order)
+            self.dtype = self.dtype.newbyteorder("<" if order == "<" else ">")
 
 
 class _NDArrayClass(metaclass=_Frozen):

@@ -243,7 +243,7 @@ def test_option_file_must_be_regular_and_small(tmp_path):
             s = spec("cifar10", "/r", **{key: path})
             box: dict = {}
 
-            def run(s=s, key=key):
+            def run(s=s, key=key, box=box):
                 try:
                     (P.classnames_for(s, ["a", "b"]) if key == "classnames" else P.templates_for(s))
                 except DataError as e:

@@ -15,13 +15,14 @@ pixels exactly.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from harness.data.base import decode_image
-from harness.data.constants import ARCFACE_TEMPLATE_112  # noqa: F401 (the one template; re-exported)
+from harness.data.constants import ARCFACE_TEMPLATE_112
 
 ALIGNED_SIZE = (112, 112)
 

@@ -53,6 +53,7 @@ import csv
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -124,11 +125,12 @@ def read_list(csv_path: str | os.PathLike, split: str = "test", *, allow_outside
     base = csv_path.parent
     base_real = os.path.realpath(base)
     rx = video_id_regex(video_id_pattern, str(csv_path))
-    try:
-        fh = open(csv_path, newline="", encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise DataMissing(f"{csv_path}: list file not found; {_LIST_LAYOUT}") from None
-    with fh:
+    problem = regular_file_problem(csv_path)
+    if problem == "does not exist":
+        raise DataMissing(f"{csv_path}: list file not found; {_LIST_LAYOUT}")
+    if problem is not None:
+        raise DataError(f"{csv_path}: list file {problem}; {_LIST_LAYOUT}")
+    with open(csv_path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.reader(fh)
         header = next(reader, None)
         if header is None:
@@ -209,7 +211,7 @@ def open_list(spec) -> Dataset:
     """``format = "list"``: a CSV file (test split) or a folder of ``test/train/dev.csv``."""
     root = Path(spec.root)
     opts = spec.options or {}
-    kw = {"allow_outside_root": bool(opts.get("allow_outside_root", False)),
+    kw: dict[str, Any] = {"allow_outside_root": bool(opts.get("allow_outside_root", False)),
           "video_id_pattern": opts.get("video_id_pattern")}
     if root.is_file():
         splits = {"test": read_list(root, "test", **kw)}
@@ -286,7 +288,7 @@ def open_mad_folders(spec, index_dir: str | os.PathLike | None = None) -> Datase
     if not root.is_dir():
         raise DataMissing(f"{root}: not found ([datasets.{spec.id}] root in {spec.source}); "
                           f"{_FOLDERS_LAYOUT}")
-    kw = {"root": root, "video_id_pattern": (spec.options or {}).get("video_id_pattern"),
+    kw: dict[str, Any] = {"root": root, "video_id_pattern": (spec.options or {}).get("video_id_pattern"),
           "index_dir": index_dir}
     splits = {"test": read_method_folders(root, "test", reserved=RESERVED_DIRS, **kw)}
     for name in RESERVED_DIRS:

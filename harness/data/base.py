@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image

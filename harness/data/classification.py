@@ -70,9 +70,10 @@ import inspect
 import json
 import os
 import zlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -83,7 +84,6 @@ from harness.data.imagefolder import check_same_classes, class_folders, folder_s
 from harness.data.prompts import vendored_classnames
 from harness.errors import DataError, DataMissing, UnsafePickleError
 from harness.safe_pickle import safe_load
-
 
 # ----------------------------------------------------------------------------------- helpers
 
@@ -104,7 +104,7 @@ def _need(path: Path) -> Path:
 class _Loaded(NamedTuple):
     classes: list[str]
     splits: dict[str, Split]
-    meta: dict[str, Any] = {}
+    meta: dict[str, Any] = {}  # noqa: RUF012 (never mutated)
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,8 @@ class _Ctx:
     index_dir: str | os.PathLike | None = None
 
 
-def _path_split(name: str, items: Sequence[os.PathLike | str], labels: Sequence[int]) -> Split:
+def _path_split(name: str, items: Sequence[os.PathLike | str],
+                labels: Sequence[int] | np.ndarray) -> Split:
     """A split of listed image files; a listed file that does not exist is a DataError."""
     items = [os.fspath(p) for p in items]
     missing = [p for p in items if not os.path.exists(p)]
@@ -139,7 +140,7 @@ def _loadmat(path: Path) -> dict[str, Any]:
                         "installed (pip install scipy)") from None
     try:
         return loadmat(path, squeeze_me=True)
-    except Exception as e:  # scipy raises assorted errors on a corrupt file
+    except Exception as e:  # noqa: BLE001 - scipy raises assorted errors on a corrupt file
         raise DataError(f"{path}: not a readable .mat file ({e})") from None
 
 
@@ -165,6 +166,7 @@ class ArrayImages:
 
     def array(self) -> np.ndarray:
         if self._array is None:
+            assert self.path is not None
             self._array = np.memmap(self.path, dtype=np.uint8, mode="r", offset=self.offset,
                                     shape=self.shape)
         return self._array
@@ -487,7 +489,7 @@ def _split_folders(base: Path, folders: dict[str, str], fixed: Sequence[str] | N
     """Splits ``base/<folder>/<class>/*``; classes from the test folder unless ``fixed``."""
     dirs = {s: _need(base / f) for s, f in folders.items()}
     classes = list(fixed) if fixed is not None else class_folders(dirs["test"])
-    for s, d in dirs.items():
+    for d in dirs.values():
         found = class_folders(d)
         if fixed is None:
             check_same_classes(dirs["test"], classes, d, found)
@@ -614,10 +616,10 @@ def _download(fmt: _Format, spec) -> None:
     try:
         import torchvision.datasets as tvd
 
-        cls = getattr(tvd, fmt.torchvision)
+        cls = getattr(tvd, str(fmt.torchvision))
         for kw in fmt.download:
             cls(root=spec.root, download=True, **kw)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - any download failure leaves the data missing
         raise DataMissing(f"[datasets.{spec.id}] download = true: torchvision {fmt.torchvision} "
                           f"could not fetch it into {spec.root} ({type(e).__name__}: {e}); "
                           f"expected {fmt.layout}") from None
@@ -649,10 +651,11 @@ def _open(fmt: _Format, spec, index_dir: str | os.PathLike | None = None) -> Dat
         if len(split) == 0:
             raise DataMissing(f"{where}: split {split.name!r} has no images; expected "
                               f"{fmt.layout} ({fmt.origin} layout)")
-        bad = (split.labels < 0) | (split.labels >= n)
+        labels = np.asarray(split.labels)
+        bad = (labels < 0) | (labels >= n)
         if bad.any():
             raise DataError(f"{where} ({fmt.name}): split {split.name!r} has label "
-                            f"{int(split.labels[bad][0])} outside 0..{n - 1} ({n} classes)")
+                            f"{int(labels[bad][0])} outside 0..{n - 1} ({n} classes)")
     meta = {"format": fmt.name, "layout": fmt.layout, **loaded.meta}
     notes = [n for sp in loaded.splits.values() for n in sp.notes]
     if notes:

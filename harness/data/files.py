@@ -27,8 +27,9 @@ import logging
 import os
 import stat
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -137,26 +138,26 @@ def scan_tree(top: str | os.PathLike, extensions: Sequence[str] = IMAGE_EXTENSIO
         except OSError as e:
             tree.notes.append(f"{path}: skipped, cannot be listed ({e.strerror or e})")
             continue
-        for e in entries:
-            if e.name.startswith("."):
+        for entry in entries:
+            if entry.name.startswith("."):
                 continue
-            child = f"{rel}/{e.name}" if rel else e.name
+            child = f"{rel}/{entry.name}" if rel else entry.name
             try:
-                is_dir = e.is_dir()
+                is_dir = entry.is_dir()
             except OSError:
                 is_dir = False
             if is_dir:
                 subdirs.append(child)
                 continue
-            if not e.name.lower().endswith(exts):
+            if not entry.name.lower().endswith(exts):
                 continue
             try:
-                fst = e.stat()
+                fst = entry.stat()
             except OSError as err:
-                tree.notes.append(f"{e.path}: skipped, {err.strerror or err} (broken link?)")
+                tree.notes.append(f"{entry.path}: skipped, {err.strerror or err} (broken link?)")
                 continue
             if not stat.S_ISREG(fst.st_mode):
-                tree.notes.append(f"{e.path}: skipped, not a regular file ({kind_of(fst.st_mode)})")
+                tree.notes.append(f"{entry.path}: skipped, not a regular file ({kind_of(fst.st_mode)})")
                 continue
             found.append((child, fst.st_size, fst.st_mtime_ns))
         stack.extend(reversed(subdirs))  # depth-first in name order

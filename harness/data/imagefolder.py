@@ -25,13 +25,13 @@ The scanning helpers here are shared by the folder-shaped formats of
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
 from harness.data.base import Dataset, Split, dataset_root, register_format
-from harness.data.files import IMAGE_EXTENSIONS, is_image, list_images  # noqa: F401 (re-exported)
+from harness.data.files import IMAGE_EXTENSIONS, is_image, list_images
 from harness.data.index import open_tree
 from harness.errors import DataError, DataMissing
 

@@ -33,9 +33,9 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from harness.data.files import IMAGE_EXTENSIONS, Tree, scan_tree
 

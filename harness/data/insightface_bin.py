@@ -24,7 +24,8 @@ import numpy as np
 
 from harness.data.base import Dataset, Split, dataset_root, file_fingerprint, register_format
 from harness.errors import DataError
-from harness.safe_pickle import SafeUnpickler, safe_load as _safe_load  # noqa: F401 (re-exported)
+from harness.safe_pickle import SafeUnpickler  # noqa: F401 (re-exported)
+from harness.safe_pickle import safe_load as _safe_load
 
 LAYOUT = "root = the .bin file: a pickle of (bins, issame) with 2N encoded images and N bools"
 
@@ -79,7 +80,7 @@ def read_pack(path: str | os.PathLike) -> tuple[list[bytes], np.ndarray]:
 
 @register_format("insightface-bin", types=("verification",))
 def open_insightface_bin(spec) -> Dataset:
-    path, where = dataset_root(spec, LAYOUT, kind="file")
+    path, _where = dataset_root(spec, LAYOUT, kind="file")
     images, issame = read_pack(path)
     split = Split("test", images, None, meta={"issame": issame},
                   fingerprint_parts=["insightface-bin", file_fingerprint(path)])

@@ -30,7 +30,14 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.data.base import Dataset, Split, dataset_root, file_fingerprint, item_fingerprint, register_format
+from harness.data.base import (
+    Dataset,
+    Split,
+    dataset_root,
+    file_fingerprint,
+    item_fingerprint,
+    register_format,
+)
 from harness.data.files import regular_file_problem
 from harness.errors import DataError, DataMissing
 

@@ -42,9 +42,10 @@ import functools
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from harness.data.files import read_option_text
 from harness.errors import DataError
@@ -74,7 +75,7 @@ def _keys(spec) -> tuple[str, ...]:
     return tuple(dict.fromkeys((spec.prompts or spec.format, prompt_key(spec))))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _vendored(path: Path) -> dict[str, list[str]]:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
@@ -145,6 +146,7 @@ def _classnames(spec, dataset_classnames: list[str]) -> tuple[list[str], str]:
     n = len(dataset_classnames)
     key = prompt_key(spec)
     option = (spec.options or {}).get("classnames")
+    names: list[str] | None
     if option:
         names = read_list_file(option, _keys(spec))
         where = f"{option} ([datasets.{spec.id}] classnames)"
@@ -179,6 +181,7 @@ def templates_for(spec) -> list[str]:
 
 def _templates(spec) -> tuple[list[str], str]:
     option = (spec.options or {}).get("templates")
+    templates: list[str] | None
     if option:
         templates = read_list_file(option, _keys(spec))
         where = f"{option} ([datasets.{spec.id}] templates)"
@@ -189,6 +192,7 @@ def _templates(spec) -> tuple[list[str], str]:
         if templates is None:
             templates = vendored_templates(DEFAULT_TEMPLATES_KEY)
             where = f"{TEMPLATES_JSON.name} key {DEFAULT_TEMPLATES_KEY!r}"
+    assert templates is not None
     if not templates:
         raise DataError(f"[datasets.{spec.id}]: {where} has no templates")
     bad = [t for t in templates if "{c}" not in t]

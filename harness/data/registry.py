@@ -9,7 +9,8 @@ importing each other.
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 # Every module listed here registers one or more formats when imported.
 FORMAT_MODULES: tuple[str, ...] = (

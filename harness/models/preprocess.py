@@ -10,9 +10,9 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass
 
+from harness.data.constants import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
 from harness.suite import PreprocessSpec
 
-from harness.data.constants import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD  # noqa: E402,F401
 HALF = (0.5, 0.5, 0.5)
 
 PRESETS = {
