@@ -378,3 +378,38 @@ def test_one_arcface_template_and_one_clip_mean():
     assert align.ARCFACE_TEMPLATE_112 is constants.ARCFACE_TEMPLATE_112
     assert preprocess.CLIP_MEAN is constants.CLIP_MEAN and preprocess.IMAGENET_STD is constants.IMAGENET_STD
     np.testing.assert_array_equal(constants.ARCFACE_TEMPLATE_112[0], [38.2946, 51.6963])
+
+
+# ------------------------------------------------------------------ the suite keys of these items
+
+SUITE = """
+[models.m]
+arch = "RN50"
+
+[datasets.pad]
+type = "pad"
+format = "list"
+root = "/d/pad"
+protocols = ["pad"]
+video_id_pattern = "^[a-z]+/(v\\\\d+)/"
+allow_outside_root = true
+
+[datasets.sun]
+type = "classification"
+format = "sun397"
+root = "/d/sun"
+protocols = ["zeroshot", "linear_probe"]
+sun397_split = "all"
+"""
+
+
+def test_suite_accepts_the_dataset_options():
+    from harness.errors import SuiteError
+    from harness.suite import parse_suite
+
+    s = parse_suite(SUITE, "/suites/s.toml", Path("/suites"))
+    assert s.datasets["pad"].options == {"video_id_pattern": r"^[a-z]+/(v\d+)/",
+                                         "allow_outside_root": True}
+    assert s.datasets["sun"].option("sun397_split") == "all"
+    with pytest.raises(SuiteError, match=r"sun397_split.*'partition01', 'all'"):
+        parse_suite(SUITE.replace('"all"', '"every"'), "/suites/s.toml", Path("/suites"))
