@@ -30,15 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.data.base import (
-    Dataset,
-    Split,
-    dataset_root,
-    file_fingerprint,
-    item_fingerprint,
-    register_format,
-)
+from harness.data.base import Dataset, Split, dataset_root, file_fingerprint, item_fingerprint
 from harness.data.files import regular_file_problem
+from harness.data.registry import register_format
 from harness.errors import DataError, DataMissing
 
 LAYOUT = ("root/pairs.txt (View 2) and images root/lfw/<name>/<name>_0001.jpg "
