@@ -5,7 +5,7 @@ whose dataset lists the protocol (ids ``model-dataset``; markers ``zeroshot``/``
 and ``general``).
 """
 
-from harness.data.prompts import classnames_for, templates_for
+from harness.data.prompts import prompts_for
 
 # Protocol modules import torch; they are imported inside the functions so that
 # `pytest --collect-only` stays fast.
@@ -16,10 +16,10 @@ def test_zeroshot(harness_case):
 
     case = harness_case
     test = case.features("test")
-    classnames = classnames_for(case.dataset_spec, case.dataset.classnames)
-    classifier = case.text_classifier(classnames, templates_for(case.dataset_spec))
+    prompts = prompts_for(case.dataset_spec, case.dataset.classnames)
+    classifier = case.text_classifier(prompts.classnames, prompts.templates)
     result = case.measure(zeroshot.evaluate, test.x, test.labels, classifier, n_images=len(test))
-    case.record(result, n_test=len(test))
+    case.record(result, n_test=len(test), **prompts.details())
 
 
 def test_linear_probe(harness_case):

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from harness import metrics as M
 from harness.data import attack_list as AL
-from harness.data.base import _FORMATS
+from harness.data.registry import _FORMATS
 from harness.errors import DataError, DataMissing
 from harness.protocols import attack as A
 from harness.protocols import lower_is_better
@@ -176,9 +178,9 @@ def _png(path):
     Image.new("RGB", (4, 4), (10, 20, 30)).save(path)
 
 
-def _spec(root, fmt="list", dtype="pad"):
+def _spec(root, fmt="list", dtype="pad", **options):
     return DatasetSpec(id="ds", type=dtype, format=fmt, root=str(root), source="suite.toml",
-                       protocols=(dtype,))
+                       protocols=(dtype,), options=options)
 
 
 def _write(path, text):
@@ -321,3 +323,62 @@ def test_list_dataset_through_the_pad_protocol(tmp_path):
     # v1 = mean(0.9, 0.7) = 0.8 accepted; v2 (print) 0.8 accepted; lone replay 0.1 rejected
     assert res.metrics["bpcer"] == 0.0 and res.metrics["apcer"] == 1.0
     assert res.metrics["apcer_pooled"] == 0.5 and res.details["n_scored"] == 3
+
+
+# ------------------------------------------------- list paths: containment, file kinds, video ids
+
+def test_list_paths_must_stay_inside_the_csv_folder(tmp_path):
+    outside = tmp_path / "outside.png"
+    _png(outside)
+    ds_dir = tmp_path / "ds"
+    _list_tree(ds_dir)
+    (ds_dir / "live" / "link.png").symlink_to(outside)
+    for rel in ("../outside.png", str(outside), "live/link.png"):
+        csv = _write(ds_dir / "test.csv", "path,label,attack_type\nlive/a.png,bonafide,\n"
+                     f"{rel},attack,print\n")
+        with pytest.raises(DataError) as e:
+            AL.open_list(_spec(ds_dir))
+        msg = str(e.value)
+        assert msg.startswith(f"{csv}: line 3: path {rel!r} resolves outside") and "\n" not in msg
+        assert "allow_outside_root = true" in msg
+        sp = AL.open_list(_spec(ds_dir, allow_outside_root=True)).split("test")
+        assert os.path.realpath(sp.items[1]) == str(outside)
+
+
+def test_list_dev_zero_and_fifo_are_not_regular_files(tmp_path):
+    _list_tree(tmp_path)
+    os.mkfifo(tmp_path / "live" / "fifo.png")
+    cases = [("live/fifo.png", {}, "(a FIFO)"), ("/dev/zero", {"allow_outside_root": True},
+                                                 "(a character device)")]
+    for rel, opts, kind in cases:
+        _write(tmp_path / "test.csv", f"path,label,attack_type\nlive/a.png,bonafide,\n{rel},attack,x\n")
+        with pytest.raises(DataError, match=r"line 3: image .* not a regular file") as e:
+            AL.open_list(_spec(tmp_path, **opts))
+        assert kind in str(e.value) and "does not exist" not in str(e.value)
+
+
+def test_video_id_pattern_list_and_folders(tmp_path):
+    for p in ("live/v1/f1.png", "live/v1/f2.png", "print/v2/f1.png", "replay/v3/f9.png"):
+        _png(tmp_path / p)
+    _write(tmp_path / "test.csv", "path,label,attack_type\nlive/v1/f1.png,bonafide,\n"
+           "live/v1/f2.png,bonafide,\nprint/v2/f1.png,attack,print\nreplay/v3/f9.png,attack,replay\n")
+    pat = r"^[a-z]+/(v\d+)/"
+    sp = AL.open_list(_spec(tmp_path, video_id_pattern=pat)).split("test")
+    assert sp.meta["video_id"].tolist() == ["v1", "v1", "v2", "v3"]
+    # folders: the pattern sees the path relative to root (bonafide/..., <method>/...)
+    root = tmp_path / "mf"
+    for p in ("bonafide/a/1.png", "bonafide/a/2.png", "bonafide/b/1.png", "M1/c/1.png"):
+        _png(root / p)
+    sp = AL.open_mad_folders(_spec(root, "mad-folders", "mad", video_id_pattern=r"^\w+/(\w)/"),
+                             index_dir=tmp_path / "idx").split("test")
+    assert sp.meta["video_id"].tolist() == ["a", "a", "b", "c"]
+    _png(root / "M1" / "stray.png")
+    with pytest.raises(DataError, match=r"path 'M1/stray.png' does not match video_id_pattern"):
+        AL.open_mad_folders(_spec(root, "mad-folders", "mad", video_id_pattern=r"^\w+/(\w)/"),
+                            index_dir=tmp_path / "idx")
+    with pytest.raises(DataError, match=r"has 2 groups; expected exactly one"):
+        AL.open_list(_spec(tmp_path, video_id_pattern=r"(a)(b)"))
+    _write(tmp_path / "test.csv", LIST_CSV)
+    _list_tree(tmp_path)
+    with pytest.raises(DataError, match=r"video_id column and video_id_pattern are both given"):
+        AL.open_list(_spec(tmp_path, video_id_pattern=pat))

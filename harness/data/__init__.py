@@ -1,39 +1,25 @@
-"""Dataset specs -> samples.  One small module per family, registered by format name."""
+"""Dataset specs -> samples.  One small module per family, registered by format name.
+
+The registry (and the list of format modules) lives in :mod:`harness.data.registry`; this
+package and :mod:`harness.data.base` both import it and never each other.
+"""
 
 from __future__ import annotations
 
-import importlib
+from harness.data.base import Dataset, Split, decode_image  # noqa: F401
+from harness.data.registry import FORMAT_MODULES, formats, register_format  # noqa: F401
 
-from harness.data.base import Dataset, Split, decode_image, formats, register_format  # noqa: F401
-
-# Every module listed here registers one or more formats when imported.
-_FORMAT_MODULES = (
-    "harness.data.imagefolder",      # imagefolder (train/ test/ with one folder per class)
-    "harness.data.classification",   # the study's 14 datasets in torchvision's layouts
-    "harness.data.insightface_bin",  # InsightFace .bin verification packs
-    "harness.data.lfw",              # LFW pairs.txt + image folder
-    "harness.data.ijb",              # IJB-B / IJB-C meta/ + loose_crop/
-    "harness.data.attack_list",      # MAD / PAD list files and per-method folders
-)
-
-_loaded = False
+_FORMAT_MODULES = FORMAT_MODULES  # former name
 
 
-def _load_all() -> None:
-    global _loaded
-    if _loaded:
-        return
-    for mod in _FORMAT_MODULES:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:  # a module not written yet must not break the others
-            if e.name != mod:
-                raise
-    _loaded = True
+def open_dataset(spec, index_dir=None) -> Dataset:
+    """Open the dataset described by a :class:`harness.suite.DatasetSpec`.
 
+    ``index_dir``: the folder for persisted listings (:mod:`harness.data.index`) of formats
+    that list folders; default ``$HARNESS_CACHE`` or ``~/.cache/tradeoff-bench``.
+    """
+    import inspect
 
-def open_dataset(spec) -> Dataset:
-    """Open the dataset described by a :class:`harness.suite.DatasetSpec`."""
     from harness.errors import SuiteError
 
     table = formats()
@@ -43,4 +29,6 @@ def open_dataset(spec) -> Dataset:
             f"expected one of {sorted(table)}"
         )
     opener, _types = table[spec.format]
+    if index_dir is not None and "index_dir" in inspect.signature(opener).parameters:
+        return opener(spec, index_dir=index_dir)
     return opener(spec)

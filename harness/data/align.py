@@ -15,21 +15,14 @@ pixels exactly.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from harness.data.base import decode_image
-
-#: ArcFace's 5-point template for 112x112 crops (InsightFace), x then y per landmark.
-ARCFACE_TEMPLATE_112 = np.array([
-    [30.2946 + 8.0, 51.6963],
-    [65.5318 + 8.0, 51.5014],
-    [48.0252 + 8.0, 71.7366],
-    [33.5493 + 8.0, 92.3655],
-    [62.7299 + 8.0, 92.2041],
-], dtype=np.float64)
+from harness.data.constants import ARCFACE_TEMPLATE_112
 
 ALIGNED_SIZE = (112, 112)
 

@@ -16,20 +16,31 @@ those columns (``""`` where a row leaves them empty).  Split names: ``test`` (al
         live/0001.png,bonafide,,v1,s1
         print/0001.png,attack,print,v2,s1
 
-    ``path`` is relative to the CSV's folder (absolute paths are kept); ``label`` is
-    ``bonafide`` or ``attack`` (case-insensitive); ``attack_type`` is required on attack rows
-    and must be empty on bona fide rows.  Every listed image must exist.
+    ``path`` is relative to the CSV's folder and must resolve (links followed) inside it: an
+    absolute path, or one that leaves the folder (``../``, a link pointing out), is refused
+    with a one-line error naming it unless the dataset sets ``allow_outside_root = true``.
+    ``label`` is ``bonafide`` or ``attack`` (case-insensitive); ``attack_type`` is required on
+    attack rows and must be empty on bona fide rows.  Every listed image must exist and be a
+    regular file (a FIFO or ``/dev/zero`` is reported as "not a regular file").
 
 ``format = "mad-folders"``
     ``root/bonafide/`` holds the bona fide images and every other folder ``root/<method>/``
     the morphs of one method (attack type = the folder name); images are found recursively
-    (``.png .jpg .jpeg .bmp .tif .tiff .webp .ppm .pgm``, hidden files skipped), sorted.
+    (the one listing policy of :mod:`harness.data.files`: its extensions, hidden files
+    skipped, each folder walked once, regular files only), sorted.
     The names ``train`` and ``dev`` are reserved: ``root/train/`` and ``root/dev/``, when
     present, hold the ``train`` and ``dev`` splits in the same layout
     (``root/train/bonafide/``, ``root/train/<method>/``)::
 
         root/bonafide/*.png   root/FaceMorpher/*.png   root/MIPGAN-I/*.png   ...
         root/train/bonafide/*.png   root/train/FaceMorpher/*.png   ...   (optional)
+
+``video_id_pattern = "REGEX"`` (both formats): a regular expression with exactly one group,
+searched in each image's path relative to the root (the CSV's folder for ``list``, ``root``
+for ``mad-folders``; ``/``-separated); the group is the image's ``meta["video_id"]`` (frames of
+one video are averaged by the PAD protocol).  A path it does not match is a one-line
+:class:`~harness.errors.DataError` naming the path.  With ``list`` it replaces a ``video_id``
+column (giving both is an error).
 
 Errors: a missing ``root`` (or a folder without ``test.csv``) raises
 :class:`~harness.errors.DataMissing` naming the path and the expected layout; malformed
@@ -40,19 +51,21 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from harness.data.base import Dataset, Split, register_format
+from harness.data.files import IMAGE_EXTENSIONS, regular_file_problem
+from harness.data.index import open_tree
 from harness.errors import DataError, DataMissing
 
 REQUIRED_COLUMNS = ("path", "label", "attack_type")
 OPTIONAL_COLUMNS = ("video_id", "subject_id")
 LABELS = {"bonafide": 1, "attack": 0}
 SPLITS = ("test", "train", "dev")
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp",
-                              ".ppm", ".pgm"})
 BONA_FIDE_DIR = "bonafide"
 RESERVED_DIRS = ("train", "dev")
 
@@ -73,15 +86,51 @@ def _check_split(name: str, where: str, labels: np.ndarray) -> None:
 
 # ------------------------------------------------------------------------------------ list
 
-def read_list(csv_path: str | os.PathLike, split: str = "test") -> Split:
+def video_id_regex(pattern: str | None, where: str) -> re.Pattern[str] | None:
+    """The compiled ``video_id_pattern`` (one group), or a one-line DataError naming ``where``."""
+    if pattern is None:
+        return None
+    try:
+        rx = re.compile(pattern)
+    except re.error as e:
+        raise DataError(f"{where}: video_id_pattern = {pattern!r} is not a regular expression "
+                        f"({e})") from None
+    if rx.groups != 1:
+        raise DataError(f"{where}: video_id_pattern = {pattern!r} has {rx.groups} groups; "
+                        "expected exactly one, the video id")
+    return rx
+
+
+def video_ids(rx: re.Pattern[str], rel_paths: list[str], where: str) -> np.ndarray:
+    """The group of ``rx`` searched in each relative path; a path it misses is a DataError."""
+    out = []
+    for rel in rel_paths:
+        m = rx.search(rel)
+        if m is None or m.group(1) is None:
+            raise DataError(f"{where}: path {rel!r} does not match video_id_pattern "
+                            f"{rx.pattern!r}")
+        out.append(m.group(1))
+    return np.asarray(out, dtype=str)
+
+
+def _inside(path: str, base_real: str) -> bool:
+    real = os.path.realpath(path)
+    return real == base_real or real.startswith(base_real.rstrip(os.sep) + os.sep)
+
+
+def read_list(csv_path: str | os.PathLike, split: str = "test", *, allow_outside_root: bool = False,
+              video_id_pattern: str | None = None) -> Split:
     """Read one list CSV into a :class:`Split` (see the module docstring for the format)."""
     csv_path = Path(csv_path)
     base = csv_path.parent
-    try:
-        fh = open(csv_path, newline="", encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise DataMissing(f"{csv_path}: list file not found; {_LIST_LAYOUT}") from None
-    with fh:
+    base_real = os.path.realpath(base)
+    rx = video_id_regex(video_id_pattern, str(csv_path))
+    problem = regular_file_problem(csv_path)
+    if problem == "does not exist":
+        raise DataMissing(f"{csv_path}: list file not found; {_LIST_LAYOUT}")
+    if problem is not None:
+        raise DataError(f"{csv_path}: list file {problem}; {_LIST_LAYOUT}")
+    with open(csv_path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.reader(fh)
         header = next(reader, None)
         if header is None:
@@ -100,7 +149,11 @@ def read_list(csv_path: str | os.PathLike, split: str = "test") -> Split:
                                 "path,label,attack_type[,video_id][,subject_id]")
         col = {h: i for i, h in enumerate(header)}
         extra = [h for h in OPTIONAL_COLUMNS if h in col]
+        if rx is not None and "video_id" in col:
+            raise DataError(f"{csv_path}: line 1: a video_id column and video_id_pattern are both "
+                            "given; keep one")
         paths: list[str] = []
+        rels: list[str] = []
         labels: list[int] = []
         types: list[str] = []
         extras: dict[str, list[str]] = {h: [] for h in extra}
@@ -126,9 +179,14 @@ def read_list(csv_path: str | os.PathLike, split: str = "test") -> Split:
                                 "species or morphing method")
             p = Path(rel)
             full = p if p.is_absolute() else base / p
-            if not full.is_file():
-                raise DataError(f"{where}: image {str(full)!r} does not exist")
+            if not allow_outside_root and (p.is_absolute() or not _inside(str(full), base_real)):
+                raise DataError(f"{where}: path {rel!r} resolves outside the list's folder "
+                                f"{base}; set allow_outside_root = true to allow it")
+            problem = regular_file_problem(full)
+            if problem is not None:
+                raise DataError(f"{where}: image {str(full)!r} {problem}")
             paths.append(str(full))
+            rels.append(os.path.relpath(full, base).replace(os.sep, "/"))
             labels.append(LABELS[lab])
             types.append(atype)
             for h in extra:
@@ -138,6 +196,8 @@ def read_list(csv_path: str | os.PathLike, split: str = "test") -> Split:
     meta = {"attack_type": np.asarray(types, dtype=str)}
     for h in extra:
         meta[h] = np.asarray(extras[h], dtype=str)
+    if rx is not None:
+        meta["video_id"] = video_ids(rx, rels, str(csv_path))
     return Split(name=split, items=paths, labels=y, meta=meta)
 
 
@@ -150,13 +210,16 @@ def _attack_meta(splits: dict[str, Split], fmt: str, root: str) -> dict:
 def open_list(spec) -> Dataset:
     """``format = "list"``: a CSV file (test split) or a folder of ``test/train/dev.csv``."""
     root = Path(spec.root)
+    opts = spec.options or {}
+    kw: dict[str, Any] = {"allow_outside_root": bool(opts.get("allow_outside_root", False)),
+          "video_id_pattern": opts.get("video_id_pattern")}
     if root.is_file():
-        splits = {"test": read_list(root, "test")}
+        splits = {"test": read_list(root, "test", **kw)}
     elif root.is_dir():
         if not (root / "test.csv").is_file():
             raise DataMissing(f"{root}: no test.csv in the dataset folder "
                               f"([datasets.{spec.id}] root in {spec.source}); {_LIST_LAYOUT}")
-        splits = {name: read_list(root / f"{name}.csv", name) for name in SPLITS
+        splits = {name: read_list(root / f"{name}.csv", name, **kw) for name in SPLITS
                   if (root / f"{name}.csv").is_file()}
     else:
         raise DataMissing(f"{root}: not found ([datasets.{spec.id}] root in {spec.source}); "
@@ -166,20 +229,27 @@ def open_list(spec) -> Dataset:
 
 # ----------------------------------------------------------------------------- mad-folders
 
-def _images(folder: Path) -> list[str]:
-    out = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for f in filenames:
-            if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS:
-                out.append(os.path.join(dirpath, f))
-    return sorted(out)
+def _listing(folder: Path, index_dir: str | os.PathLike | None) -> dict[str, list[str]]:
+    """Images below each sub-folder of ``folder`` (absolute paths, sorted) by the one lister."""
+    tree = open_tree(folder, IMAGE_EXTENSIONS, index_dir)
+    out: dict[str, list[str]] = {}
+    for f in tree.files:
+        sub, sep, _ = f.partition("/")
+        if sep:
+            out.setdefault(sub, []).append(os.path.join(folder, *f.split("/")))
+    return out
 
 
 def read_method_folders(folder: str | os.PathLike, split: str = "test",
-                        reserved: tuple[str, ...] = ()) -> Split:
-    """Read ``folder/bonafide/`` + ``folder/<method>/`` into a :class:`Split`."""
+                        reserved: tuple[str, ...] = (), *, root: str | os.PathLike | None = None,
+                        video_id_pattern: str | None = None,
+                        index_dir: str | os.PathLike | None = None) -> Split:
+    """Read ``folder/bonafide/`` + ``folder/<method>/`` into a :class:`Split`.
+
+    ``root``: what ``video_id_pattern`` paths are relative to (default ``folder``).
+    """
     folder = Path(folder)
+    rx = video_id_regex(video_id_pattern, str(folder))
     bona = folder / BONA_FIDE_DIR
     if not bona.is_dir():
         raise DataError(f"{folder}: no {BONA_FIDE_DIR}/ folder for split {split!r}; "
@@ -190,31 +260,38 @@ def read_method_folders(folder: str | os.PathLike, split: str = "test",
     if not methods:
         raise DataError(f"{folder}: split {split!r} has no attack samples: no <method>/ folder "
                         f"beside {BONA_FIDE_DIR}/; {_FOLDERS_LAYOUT}")
-    paths = _images(bona)
+    listing = _listing(folder, index_dir)
+    paths = list(listing.get(BONA_FIDE_DIR, []))
     if not paths:
         raise DataError(f"{bona}: split {split!r} has no bona fide samples (no images found)")
     types = [""] * len(paths)
     for m in methods:
-        imgs = _images(folder / m)
+        imgs = listing.get(m, [])
         if not imgs:
             raise DataError(f"{folder / m}: morphing-method folder holds no images")
         paths += imgs
         types += [m] * len(imgs)
     y = np.zeros(len(paths), dtype=np.int64)
     y[: types.count("")] = 1
-    return Split(name=split, items=paths, labels=y,
-                 meta={"attack_type": np.asarray(types, dtype=str)})
+    meta = {"attack_type": np.asarray(types, dtype=str)}
+    if rx is not None:
+        base = os.fspath(root if root is not None else folder)
+        meta["video_id"] = video_ids(rx, [os.path.relpath(p, base).replace(os.sep, "/")
+                                          for p in paths], str(folder))
+    return Split(name=split, items=paths, labels=y, meta=meta)
 
 
 @register_format("mad-folders", types=("mad", "pad"))
-def open_mad_folders(spec) -> Dataset:
+def open_mad_folders(spec, index_dir: str | os.PathLike | None = None) -> Dataset:
     """``format = "mad-folders"``: ``root/bonafide/``, ``root/<method>/`` [+ ``root/train/``, ``root/dev/``]."""
     root = Path(spec.root)
     if not root.is_dir():
         raise DataMissing(f"{root}: not found ([datasets.{spec.id}] root in {spec.source}); "
                           f"{_FOLDERS_LAYOUT}")
-    splits = {"test": read_method_folders(root, "test", reserved=RESERVED_DIRS)}
+    kw: dict[str, Any] = {"root": root, "video_id_pattern": (spec.options or {}).get("video_id_pattern"),
+          "index_dir": index_dir}
+    splits = {"test": read_method_folders(root, "test", reserved=RESERVED_DIRS, **kw)}
     for name in RESERVED_DIRS:
         if (root / name).is_dir():
-            splits[name] = read_method_folders(root / name, name)
+            splits[name] = read_method_folders(root / name, name, **kw)
     return Dataset(id=spec.id, splits=splits, meta=_attack_meta(splits, "mad-folders", str(root)))

@@ -10,27 +10,21 @@ are present but wrong.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from harness.data.files import decode_image
+from harness.data.registry import formats, register_format
 from harness.errors import HarnessError
 
-
-def decode_image(item: Any) -> Image.Image:
-    """Decode one image reference (a path, or encoded bytes / a uint8 array) to RGB PIL."""
-    if isinstance(item, (bytes, bytearray, memoryview)):
-        img = Image.open(io.BytesIO(bytes(item)))
-    elif isinstance(item, np.ndarray):
-        img = Image.open(io.BytesIO(item.tobytes()))
-    else:
-        img = Image.open(item)
-    return img.convert("RGB")
+__all__ = ["Dataset", "Split", "dataset_root", "decode_image", "file_fingerprint", "formats",
+           "item_fingerprint", "register_format"]
 
 
 @dataclass
@@ -51,6 +45,7 @@ class Split:
     meta: dict[str, Any] = field(default_factory=dict)
     reader: Callable[[Any], Image.Image] | None = None
     fingerprint_parts: Sequence[str] | None = None
+    notes: list[str] = field(default_factory=list)  # one-line reports of the listing (loops, ...)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -128,26 +123,3 @@ def dataset_root(spec, layout: str, kind: str = "folder") -> tuple[Path, str]:
     if not exists:
         raise DataMissing(f"{where}: {kind} not found; expected {layout}")
     return root, where
-
-
-# ---------------------------------------------------------------------------------- registry
-
-Opener = Callable[..., Dataset]
-_FORMATS: dict[str, tuple[Opener, tuple[str, ...]]] = {}
-
-
-def register_format(name: str, types: Sequence[str]):
-    """Decorator: register ``open(spec) -> Dataset`` as format ``name`` for dataset ``types``."""
-
-    def deco(fn: Opener) -> Opener:
-        _FORMATS[name] = (fn, tuple(types))
-        return fn
-
-    return deco
-
-
-def formats() -> dict[str, tuple[Opener, tuple[str, ...]]]:
-    from harness.data import _load_all  # noqa: F401  (imports every format module once)
-
-    _load_all()
-    return dict(_FORMATS)

@@ -24,7 +24,8 @@ gtsrb           gtsrb/GTSRB/Training/<000NN>/*.ppm, gtsrb/GTSRB/Final_Test/     
                 Images/*.ppm, gtsrb/GT-final_test.csv
 country211      country211/{train,valid,test}/<ISO code>/*.jpg                  train val test
 renderedsst2    rendered-sst2/{train,valid,test}/{negative,positive}/*.png      train val test
-imagenetv2      imagenetv2-matched-frequency-format-val/<0..999>/*.jpeg          test
+imagenetv2      imagenetv2-matched-frequency-format-val/<0..999>/*.jpeg or        test
+                ImageNetV2-matched-frequency/<0..999>/*.jpeg (CLIP_benchmark)
 imagenet1k      val/<wnid>/*.JPEG (train/<wnid>/ optional)                      (train) test
 ==============  ==============================================================  ================
 
@@ -44,15 +45,19 @@ SUN397 split: torchvision's SUN397 has no split.  When the official partition fi
 ``Training_01.txt`` and ``Testing_01.txt`` (from Partitions.zip, lines ``/a/abbey/sun_x.jpg``)
 lie in ``root/SUN397/``, ``root/SUN397/Partitions/``, ``root/`` or ``root/Partitions/``, the
 first partition is used (50 train + 50 test images per class, as in the CLIP paper and tfds'
-``standard-part1-120k``).  Otherwise every class's images (sorted by path) are split 50/50 by a
+``standard-part1-120k``).  With the dataset option ``sun397_split = "all"`` every
+``sun_*.jpg`` below ``root/SUN397/`` is both the train and the test split, as in CLIP_benchmark
+(torchvision's SUN397 has no split: its zero-shot runs on all 108,754 images and its probe
+trains on the images it tests on); opt-in, for comparisons with CLIP_benchmark numbers only.
+Otherwise every class's images (sorted by path) are split 50/50 by a
 permutation seeded with the CRC32 of the class name: ``n // 2`` train, the rest test.  The
 rule used is recorded in ``Dataset.meta["split_rule"]``; numbers from the fallback are not
 comparable with published ones.
 
 The array formats (cifar, mnist, stl10) give ``items = range(N)`` and a picklable
 :class:`ArrayImages` reader (memory-mapped where the file is uncompressed); their fingerprint is
-the source files' path, size and mtime.  CIFAR's pickles are read by a restricted unpickler
-that admits only plain containers and numpy array reconstruction; anything else raises
+the source files' path, size and mtime.  CIFAR's pickles are read by the one restricted unpickler,
+:mod:`harness.safe_pickle` (plain containers and numeric numpy arrays only); anything else raises
 :class:`UnsafePickleError` before it runs.  The ``.mat`` files (cars, flowers) need scipy.
 """
 
@@ -61,23 +66,24 @@ from __future__ import annotations
 import csv
 import functools
 import gzip
-import importlib
+import inspect
 import json
 import os
-import pickle
 import zlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image
 
 from harness.data.base import Dataset, Split, file_fingerprint, register_format
+from harness.data.files import scan_tree
 from harness.data.imagefolder import check_same_classes, class_folders, folder_split
 from harness.data.prompts import vendored_classnames
 from harness.errors import DataError, DataMissing, UnsafePickleError
-
+from harness.safe_pickle import safe_load
 
 # ----------------------------------------------------------------------------------- helpers
 
@@ -98,10 +104,19 @@ def _need(path: Path) -> Path:
 class _Loaded(NamedTuple):
     classes: list[str]
     splits: dict[str, Split]
-    meta: dict[str, Any] = {}
+    meta: dict[str, Any] = {}  # noqa: RUF012 (never mutated)
 
 
-def _path_split(name: str, items: Sequence[os.PathLike | str], labels: Sequence[int]) -> Split:
+@dataclass(frozen=True)
+class _Ctx:
+    """What some loaders need beyond ``root``: the dataset options and the index folder."""
+
+    options: dict[str, Any] = field(default_factory=dict)
+    index_dir: str | os.PathLike | None = None
+
+
+def _path_split(name: str, items: Sequence[os.PathLike | str],
+                labels: Sequence[int] | np.ndarray) -> Split:
     """A split of listed image files; a listed file that does not exist is a DataError."""
     items = [os.fspath(p) for p in items]
     missing = [p for p in items if not os.path.exists(p)]
@@ -125,7 +140,7 @@ def _loadmat(path: Path) -> dict[str, Any]:
                         "installed (pip install scipy)") from None
     try:
         return loadmat(path, squeeze_me=True)
-    except Exception as e:  # scipy raises assorted errors on a corrupt file
+    except Exception as e:  # noqa: BLE001 - scipy raises assorted errors on a corrupt file
         raise DataError(f"{path}: not a readable .mat file ({e})") from None
 
 
@@ -151,6 +166,7 @@ class ArrayImages:
 
     def array(self) -> np.ndarray:
         if self._array is None:
+            assert self.path is not None
             self._array = np.memmap(self.path, dtype=np.uint8, mode="r", offset=self.offset,
                                     shape=self.shape)
         return self._array
@@ -179,63 +195,13 @@ def _array_split(name: str, reader: ArrayImages, n: int, labels: np.ndarray,
 
 # ------------------------------------------------------------------------ restricted pickles
 
-def _np_global(name: str, modules: Sequence[str]) -> Any:
-    for mod in modules:
-        try:
-            return getattr(importlib.import_module(mod), name)
-        except (ImportError, AttributeError):
-            continue
-    raise AttributeError(name)  # pragma: no cover
-
-
-def _latin1_encode(text: str, encoding: str = "latin1", errors: str = "strict") -> bytes:
-    """``_codecs.encode`` as protocol-2 pickles of bytes use it: latin-1 only."""
-    if encoding.replace("-", "").replace("_", "").lower() not in ("latin1", "iso88591"):
-        raise UnsafePickleError(f"_codecs.encode with encoding {encoding!r} is not admitted")
-    return text.encode("latin1", errors)
-
-
-_MULTIARRAY = ("numpy._core.multiarray", "numpy.core.multiarray")
-_NUMERIC = ("numpy._core.numeric", "numpy.core.numeric")
-_SAFE_GLOBALS: dict[tuple[str, str], Callable[[], Any]] = {
-    ("numpy.core.multiarray", "_reconstruct"): lambda: _np_global("_reconstruct", _MULTIARRAY),
-    ("numpy._core.multiarray", "_reconstruct"): lambda: _np_global("_reconstruct", _MULTIARRAY),
-    ("numpy.core.numeric", "_frombuffer"): lambda: _np_global("_frombuffer", _NUMERIC),
-    ("numpy._core.numeric", "_frombuffer"): lambda: _np_global("_frombuffer", _NUMERIC),
-    ("numpy", "ndarray"): lambda: np.ndarray,
-    ("numpy", "dtype"): lambda: np.dtype,
-    ("_codecs", "encode"): lambda: _latin1_encode,
-}
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    def __init__(self, file, path: str):
-        super().__init__(file, encoding="latin1")
-        self._path = path
-
-    def find_class(self, module: str, name: str) -> Any:
-        make = _SAFE_GLOBALS.get((module, name))
-        if make is None:
-            raise UnsafePickleError(
-                f"{self._path}: the pickle references {module}.{name}; only plain containers, "
-                "strings, numbers and numpy arrays are admitted, so it was refused without "
-                "running it")
-        return make()
-
-    def persistent_load(self, pid: Any) -> Any:
-        raise UnsafePickleError(f"{self._path}: the pickle uses persistent ids; refused")
-
-
 def load_plain_pickle(path: Path) -> Any:
-    """Unpickle a file that may hold only containers, str/bytes/numbers and numpy arrays."""
-    with open(_need(path), "rb") as f:
-        try:
-            obj = _RestrictedUnpickler(f, str(path)).load()
-        except UnsafePickleError:
-            raise
-        except Exception as e:
-            raise DataError(f"{path}: not a readable pickle ({type(e).__name__}: {e})") from None
-    return obj
+    """Unpickle a file that may hold only containers, str/bytes/numbers and numeric arrays.
+
+    The one restricted unpickler, :func:`harness.safe_pickle.safe_load` (Python 2 strings read
+    as latin-1, as torchvision reads CIFAR).
+    """
+    return safe_load(_need(path), encoding="latin1", expected="a CIFAR python batch (a pickled dict)")
 
 
 def _pickle_dict(path: Path) -> dict[str, Any]:
@@ -295,11 +261,37 @@ def _cifar(folder: str, files: dict[str, tuple[str, ...]], meta_file: str, names
     return _Loaded(list(classes), splits)
 
 
-def _sun397(root: Path) -> _Loaded:
+SUN397_SPLITS = ("partition01", "all")
+
+
+def _sun397(root: Path, ctx: _Ctx = _Ctx()) -> _Loaded:
     base = _need(root / "SUN397")
     folders = [line.lstrip("/") for line in _lines(base / "ClassName.txt")]  # "a/abbey"
     classes = [f[2:] for f in folders]
     index = {c: i for i, c in enumerate(classes)}
+    choice = ctx.options.get("sun397_split", "partition01")
+    if choice not in SUN397_SPLITS:
+        raise DataError(f"sun397_split = {choice!r}; expected one of {', '.join(SUN397_SPLITS)}")
+    if choice == "all":
+        # CLIP_benchmark's SUN397 (torchvision's, which has no split): every sun_*.jpg below
+        # SUN397/, label from its folder; the probe trains on the images it is tested on.
+        tree = scan_tree(base, (".jpg",))
+        items, labels = [], []
+        for rel in tree.files:
+            if not rel.rsplit("/", 1)[-1].startswith("sun_"):
+                continue
+            cls = "/".join(rel.split("/")[1:-1])
+            if cls not in index:
+                raise DataError(f"{base / rel}: its folder {cls!r} is no class of ClassName.txt")
+            items.append(base / rel)
+            labels.append(index[cls])
+        if not items:
+            raise _Absent(base / "<letter>/<class>/sun_*.jpg")
+        rule = ("all images, train = test (sun397_split = 'all', as CLIP_benchmark's torchvision "
+                "SUN397); not comparable with partition-01 numbers")
+        test = Split("test", [os.fspath(p) for p in items], np.asarray(labels, dtype=np.int64))
+        train = Split("train", test.items, test.labels)
+        return _Loaded(classes, {"train": train, "test": test}, {"split_rule": rule})
     part_dirs = (base, base / "Partitions", root, root / "Partitions")
     part = next((d for d in part_dirs
                  if (d / "Training_01.txt").is_file() and (d / "Testing_01.txt").is_file()), None)
@@ -468,7 +460,7 @@ def _stl10(root: Path) -> _Loaded:
     return _Loaded(classes, splits)
 
 
-def _gtsrb(root: Path) -> _Loaded:
+def _gtsrb(root: Path, ctx: _Ctx = _Ctx()) -> _Loaded:
     base = root / "gtsrb"
     train_dir = _need(base / "GTSRB" / "Training")
     test_dir = _need(base / "GTSRB" / "Final_Test" / "Images")
@@ -480,7 +472,8 @@ def _gtsrb(root: Path) -> _Loaded:
             raise DataError(f"{train_dir}: class folder {folder!r} is not 00000..{len(classes) - 1:05d}")
         return int(folder)
 
-    train = folder_split("train", train_dir, classes, label_of, extensions=(".ppm",))
+    train = folder_split("train", train_dir, classes, label_of, extensions=(".ppm",),
+                         index_dir=ctx.index_dir)
     with open(csv_path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f, delimiter=";", skipinitialspace=True))
     try:
@@ -492,33 +485,39 @@ def _gtsrb(root: Path) -> _Loaded:
 
 
 def _split_folders(base: Path, folders: dict[str, str], fixed: Sequence[str] | None = None,
-                   extensions: Sequence[str] | None = None) -> _Loaded:
+                   extensions: Sequence[str] | None = None, ctx: _Ctx = _Ctx()) -> _Loaded:
     """Splits ``base/<folder>/<class>/*``; classes from the test folder unless ``fixed``."""
     dirs = {s: _need(base / f) for s, f in folders.items()}
     classes = list(fixed) if fixed is not None else class_folders(dirs["test"])
-    for s, d in dirs.items():
+    for d in dirs.values():
         found = class_folders(d)
         if fixed is None:
             check_same_classes(dirs["test"], classes, d, found)
         elif not set(found) <= set(classes):
             raise DataError(f"{d}: unexpected class folders {sorted(set(found) - set(classes))}; "
                             f"expected {list(classes)}")
-    kw = {"extensions": tuple(extensions)} if extensions else {}
-    splits = {s: folder_split(s, d, classes, **kw) for s, d in dirs.items()}
+    kw: dict[str, Any] = {"extensions": tuple(extensions)} if extensions else {}
+    splits = {s: folder_split(s, d, classes, index_dir=ctx.index_dir, **kw) for s, d in dirs.items()}
     return _Loaded(classes, splits)
 
 
-def _country211(root: Path) -> _Loaded:
-    return _split_folders(root / "country211", {"train": "train", "val": "valid", "test": "test"})
+def _country211(root: Path, ctx: _Ctx = _Ctx()) -> _Loaded:
+    return _split_folders(root / "country211", {"train": "train", "val": "valid", "test": "test"},
+                          ctx=ctx)
 
 
-def _renderedsst2(root: Path) -> _Loaded:
+def _renderedsst2(root: Path, ctx: _Ctx = _Ctx()) -> _Loaded:
     return _split_folders(root / "rendered-sst2", {"train": "train", "val": "valid", "test": "test"},
-                          fixed=("negative", "positive"), extensions=(".png",))
+                          fixed=("negative", "positive"), extensions=(".png",), ctx=ctx)
 
 
-def _imagenetv2(root: Path) -> _Loaded:
-    folder = root / "imagenetv2-matched-frequency-format-val"
+IMAGENETV2_FOLDERS = ("imagenetv2-matched-frequency-format-val",  # the tarball's folder
+                      "ImageNetV2-matched-frequency")  # CLIP_benchmark's / imagenetv2_pytorch's
+
+
+def _imagenetv2(root: Path, ctx: _Ctx = _Ctx()) -> _Loaded:
+    folder = next((root / n for n in IMAGENETV2_FOLDERS if (root / n).is_dir()),
+                  root / IMAGENETV2_FOLDERS[0])
     if not folder.is_dir() and root.is_dir() and any(n.isdigit() for n in class_folders(root)):
         folder = root  # the class folders directly under root
     classes = [str(i) for i in range(1000)]
@@ -528,14 +527,15 @@ def _imagenetv2(root: Path) -> _Loaded:
             raise DataError(f"{folder}: class folder {name!r} is not a number 0..999")
         return int(name)
 
-    return _Loaded(classes, {"test": folder_split("test", _need(folder), classes, label_of)})
+    return _Loaded(classes, {"test": folder_split("test", _need(folder), classes, label_of,
+                                                  index_dir=ctx.index_dir)})
 
 
-def _imagenet1k(root: Path) -> _Loaded:
+def _imagenet1k(root: Path, ctx: _Ctx = _Ctx()) -> _Loaded:
     folders = {"test": "val"}
     if (root / "train").is_dir():
         folders["train"] = "train"
-    return _split_folders(root, folders)
+    return _split_folders(root, folders, ctx=ctx)
 
 
 # ------------------------------------------------------------------------------- the table
@@ -545,7 +545,7 @@ class _Format:
     name: str
     origin: str                       # whose layout is read, for messages
     layout: str                       # what must be under root
-    load: Callable[[Path], _Loaded]
+    load: Callable[..., _Loaded]      # load(root[, ctx=_Ctx(...)])
     torchvision: str | None = None    # class that can download it (download = true)
     download: tuple[dict, ...] = field(default_factory=tuple)
 
@@ -602,8 +602,9 @@ FORMATS: tuple[_Format, ...] = (
             "root/rendered-sst2/{train,valid,test}/{negative,positive}/*.png",
             _renderedsst2, "RenderedSST2", ({},)),
     _Format("imagenetv2", "imagenetv2_pytorch matched-frequency",
-            "root/imagenetv2-matched-frequency-format-val/<0..999>/*.jpeg (or the numbered "
-            "class folders directly in root)",
+            "root/imagenetv2-matched-frequency-format-val/<0..999>/*.jpeg, or "
+            "root/ImageNetV2-matched-frequency/<0..999>/*.jpeg (CLIP_benchmark's and "
+            "imagenetv2_pytorch's name), or the numbered class folders directly in root",
             _imagenetv2),
     _Format("imagenet1k", "torchvision ImageNet (extracted)",
             "root/val/<wnid>/*.JPEG, optionally root/train/<wnid>/*.JPEG; classes sorted by wnid",
@@ -615,26 +616,29 @@ def _download(fmt: _Format, spec) -> None:
     try:
         import torchvision.datasets as tvd
 
-        cls = getattr(tvd, fmt.torchvision)
+        cls = getattr(tvd, str(fmt.torchvision))
         for kw in fmt.download:
             cls(root=spec.root, download=True, **kw)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - any download failure leaves the data missing
         raise DataMissing(f"[datasets.{spec.id}] download = true: torchvision {fmt.torchvision} "
                           f"could not fetch it into {spec.root} ({type(e).__name__}: {e}); "
                           f"expected {fmt.layout}") from None
 
 
-def _open(fmt: _Format, spec) -> Dataset:
+def _open(fmt: _Format, spec, index_dir: str | os.PathLike | None = None) -> Dataset:
     root = Path(spec.root)
     where = f"[datasets.{spec.id}] root = {root}"
+    kw: dict[str, Any] = {}
+    if "ctx" in inspect.signature(fmt.load).parameters:
+        kw["ctx"] = _Ctx(dict(spec.options or {}), index_dir)
     try:
         try:
-            loaded = fmt.load(root)
+            loaded = fmt.load(root, **kw)
         except _Absent:
             if not (spec.download and fmt.torchvision):
                 raise
             _download(fmt, spec)
-            loaded = fmt.load(root)
+            loaded = fmt.load(root, **kw)
     except _Absent as e:
         raise DataMissing(f"{where}: {e.path} not found; expected {fmt.layout} "
                           f"({fmt.origin} layout)") from None
@@ -647,13 +651,25 @@ def _open(fmt: _Format, spec) -> Dataset:
         if len(split) == 0:
             raise DataMissing(f"{where}: split {split.name!r} has no images; expected "
                               f"{fmt.layout} ({fmt.origin} layout)")
-        bad = (split.labels < 0) | (split.labels >= n)
+        labels = np.asarray(split.labels)
+        bad = (labels < 0) | (labels >= n)
         if bad.any():
             raise DataError(f"{where} ({fmt.name}): split {split.name!r} has label "
-                            f"{int(split.labels[bad][0])} outside 0..{n - 1} ({n} classes)")
+                            f"{int(labels[bad][0])} outside 0..{n - 1} ({n} classes)")
     meta = {"format": fmt.name, "layout": fmt.layout, **loaded.meta}
+    notes = [n for sp in loaded.splits.values() for n in sp.notes]
+    if notes:
+        meta["notes"] = notes
     return Dataset(spec.id, loaded.splits, classnames=list(loaded.classes), meta=meta)
 
 
+def _opener(fmt: _Format) -> Callable[..., Dataset]:
+    def open_format(spec, index_dir: str | os.PathLike | None = None) -> Dataset:
+        return _open(fmt, spec, index_dir)
+
+    open_format.__name__ = f"open_{fmt.name}"
+    return open_format
+
+
 for _fmt in FORMATS:
-    register_format(_fmt.name, types=("classification",))(functools.partial(_open, _fmt))
+    register_format(_fmt.name, types=("classification",))(_opener(_fmt))

@@ -32,7 +32,14 @@ from pathlib import Path
 import numpy as np
 
 from harness.data.align import ALIGNED_SIZE, ARCFACE_TEMPLATE_112, FivePointAligner
-from harness.data.base import Dataset, Split, dataset_root, file_fingerprint, item_fingerprint, register_format
+from harness.data.base import (
+    Dataset,
+    Split,
+    dataset_root,
+    file_fingerprint,
+    item_fingerprint,
+    register_format,
+)
 from harness.errors import DataError, DataMissing
 
 SETS = ("ijbb", "ijbc")

@@ -11,8 +11,12 @@ Classes are the folder names of ``test/`` (and of the other splits: they must ag
 labels are positions in that sorted list and the class names are the folder names (see
 :mod:`harness.data.prompts` for how they become prompt names).  Images are found recursively
 below each class folder, with extensions jpg, jpeg, png, bmp, ppm, pgm, tif, tiff and webp
-(any case); hidden files and folders are ignored.  Items are sorted by class then by path, so
-the order (and the feature cache key) does not depend on the file system.
+(any case); hidden files and folders are ignored; links are followed but each folder is
+walked once (a symlink loop is reported in ``Dataset.meta["notes"]`` and counted once) and only
+regular files are images (:mod:`harness.data.files`).  Items are sorted by class then by path,
+so the order (and the feature cache key) does not depend on the file system.  A class folder
+without images is a :class:`~harness.errors.DataError`.  The listing is persisted
+(:mod:`harness.data.index`): a warm open stats the directories only.
 
 The scanning helpers here are shared by the folder-shaped formats of
 :mod:`harness.data.classification` (Country211, Rendered SST2, ImageNet, ImageNet-V2, GTSRB).
@@ -21,55 +25,66 @@ The scanning helpers here are shared by the folder-shaped formats of
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
 from harness.data.base import Dataset, Split, dataset_root, register_format
+from harness.data.files import IMAGE_EXTENSIONS, is_image, list_images
+from harness.data.index import open_tree
 from harness.errors import DataError, DataMissing
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 
 LAYOUT = "root/test/<class>/<image> (required), root/train/<class>/<image> and root/val/<class>/<image> (optional)"
 
-
-def is_image(name: str, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> bool:
-    return not name.startswith(".") and name.lower().endswith(tuple(extensions))
+__all__ = ["IMAGE_EXTENSIONS", "LAYOUT", "check_same_classes", "class_folders", "folder_split",
+           "is_image", "list_images", "open_imagefolder"]
 
 
 def class_folders(folder: Path) -> list[str]:
-    """Sorted names of the visible sub-folders of ``folder``."""
+    """Sorted names of the visible sub-folders of ``folder`` (one directory read)."""
     with os.scandir(folder) as it:
         return sorted(e.name for e in it if not e.name.startswith(".") and e.is_dir())
 
 
-def list_images(folder: Path, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[str]:
-    """Every image below ``folder`` (recursively, following links), sorted by path."""
-    out: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        out.extend(os.path.join(dirpath, f) for f in filenames if is_image(f, extensions))
-    out.sort()
-    return out
-
-
 def folder_split(name: str, folder: Path, classes: Sequence[str],
                  label_of: Callable[[str], int] | None = None,
-                 extensions: Sequence[str] = IMAGE_EXTENSIONS) -> Split:
+                 extensions: Sequence[str] = IMAGE_EXTENSIONS,
+                 index_dir: str | os.PathLike | None = None, check_sizes: bool = False) -> Split:
     """A split made of ``folder/<class>/...`` for each class folder present under ``folder``.
 
-    ``label_of(folder_name)`` gives the label (default: the position in ``classes``).
+    ``label_of(folder_name)`` gives the label (default: the position in ``classes``).  The
+    listing comes from :func:`harness.data.index.open_tree` (persisted under ``index_dir``); the
+    split's fingerprint is the listing's (relative paths, sizes, mtimes), so it costs no stat
+    per image.  A class folder without images is a :class:`DataError` naming it.
     """
     index = {c: i for i, c in enumerate(classes)}
     label_of = label_of or index.__getitem__
+    tree = open_tree(folder, extensions, index_dir, check_sizes)
+    by_class: dict[str, list[str]] = {}
+    for f in tree.files:
+        cls, sep, _ = f.partition("/")
+        if sep:
+            by_class.setdefault(cls, []).append(f)
     items: list[str] = []
     labels: list[int] = []
+    base = os.fspath(folder)
+    prefix = base.rstrip(os.sep) + os.sep
     for cls in class_folders(folder):
-        paths = list_images(folder / cls, extensions)
-        items.extend(paths)
-        labels.extend([label_of(cls)] * len(paths))
-    return Split(name, items, np.asarray(labels, dtype=np.int64))
+        rels = by_class.get(cls)
+        if not rels:
+            skipped = [n for n in tree.notes if f"{os.sep}{cls}" in n]
+            raise DataError(
+                f"{os.path.join(base, cls)}: class folder holds no images (extensions "
+                f"{', '.join(e.lstrip('.') for e in extensions)}); an empty class would shift "
+                f"every label after it -- remove the folder or add its images"
+                + (f" ({skipped[0]})" if skipped else ""))
+        y = label_of(cls)
+        items.extend([prefix + r for r in rels] if os.sep == "/" else
+                     [os.path.join(base, *r.split("/")) for r in rels])
+        labels.extend([y] * len(rels))
+    return Split(name, items, np.asarray(labels, dtype=np.int64), notes=list(tree.notes),
+                 fingerprint_parts=[f"folder-index-v1|{tree.fingerprint}"])
 
 
 def check_same_classes(reference: Path, ref_classes: Sequence[str], other: Path,
@@ -86,7 +101,8 @@ def check_same_classes(reference: Path, ref_classes: Sequence[str], other: Path,
 
 
 @register_format("imagefolder", types=("classification",))
-def open_imagefolder(spec) -> Dataset:
+def open_imagefolder(spec, index_dir: str | os.PathLike | None = None,
+                     check_sizes: bool = False) -> Dataset:
     root, where = dataset_root(spec, LAYOUT)
     test = root / "test"
     if not test.is_dir():
@@ -100,9 +116,11 @@ def open_imagefolder(spec) -> Dataset:
         if not folder.is_dir():
             continue
         check_same_classes(test, classes, folder, class_folders(folder))
-        split = folder_split(name, folder, classes)
+        split = folder_split(name, folder, classes, index_dir=index_dir, check_sizes=check_sizes)
         if len(split) == 0:
             raise DataMissing(f"{where}: no images under {folder} (extensions "
                               f"{', '.join(e[1:] for e in IMAGE_EXTENSIONS)}); expected {LAYOUT}")
         splits[name] = split
-    return Dataset(spec.id, splits, classnames=list(classes), meta={"format": "imagefolder"})
+    notes = [n for sp in splits.values() for n in sp.notes]
+    meta = {"format": "imagefolder", **({"notes": notes} if notes else {})}
+    return Dataset(spec.id, splits, classnames=list(classes), meta=meta)

@@ -30,7 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.data.base import Dataset, Split, dataset_root, file_fingerprint, item_fingerprint, register_format
+from harness.data.base import Dataset, Split, dataset_root, file_fingerprint, item_fingerprint
+from harness.data.files import regular_file_problem
+from harness.data.registry import register_format
 from harness.errors import DataError, DataMissing
 
 LAYOUT = ("root/pairs.txt (View 2) and images root/lfw/<name>/<name>_0001.jpg "
@@ -100,10 +102,11 @@ def open_lfw_pairs(spec) -> Dataset:
             items.append(os.path.join(images, name, f"{name}_{n:04d}.jpg"))
     parts = ["lfw-pairs", file_fingerprint(pairs_file)]
     for i, path in enumerate(items):
-        fp = item_fingerprint(path)
-        if fp.endswith("|missing"):
-            raise DataError(f"{pairs_file}: pair {i // 2 + 1} of {len(pairs)} lists {path}, which does not exist; every listed image is needed "
-                            f"(a skipped pair would shift the folds); expected {LAYOUT}")
-        parts.append(fp)
+        problem = regular_file_problem(path)
+        if problem is not None:
+            raise DataError(f"{pairs_file}: pair {i // 2 + 1} of {len(pairs)} lists {path}, which "
+                            f"{problem}; every listed image is needed (a skipped pair would shift "
+                            f"the folds); expected {LAYOUT}")
+        parts.append(item_fingerprint(path))
     split = Split("test", items, None, meta={"issame": issame}, fingerprint_parts=parts)
     return Dataset(spec.id, {"test": split}, meta={"format": "lfw-pairs", "images": str(images)})

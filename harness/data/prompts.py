@@ -21,6 +21,19 @@ Templates (each with a ``{c}`` placeholder), first match wins: the suite option
 under the prompt key (imagenetv2 -> imagenet1k), else the 80 ``imagenet1k`` templates of CLIP.
 
 So ``format = "imagefolder"`` with ``prompts = "mnist"`` gets the MNIST names and template.
+
+Safety checks:
+
+* an option file must be a regular file (a FIFO is never waited on) of at most
+  :data:`~harness.data.files.OPTION_FILE_LIMIT` bytes (1 MB), else a one-line DataError;
+* when the dataset's own class names are words (each has three letters or more and is not an
+  ImageNet wnid) and the vendored names of the prompt key disagree with them (compared case-
+  and separator-insensitively, position by position), labels would be named by position with
+  the wrong words (folders ``zero``..``nine`` with ``prompts = "mnist"`` scored below chance):
+  that is a one-line DataError showing both lists, unless ``classnames`` is given explicitly.
+
+:func:`prompts_for` returns the names and templates used with where each came from, for the
+case's details (:meth:`Prompts.details`).
 """
 
 from __future__ import annotations
@@ -28,9 +41,13 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
+from harness.data.files import read_option_text
 from harness.errors import DataError
 
 _HERE = Path(__file__).resolve().parent
@@ -58,7 +75,7 @@ def _keys(spec) -> tuple[str, ...]:
     return tuple(dict.fromkeys((spec.prompts or spec.format, prompt_key(spec))))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _vendored(path: Path) -> dict[str, list[str]]:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
@@ -78,8 +95,7 @@ def vendored_templates(key: str) -> list[str] | None:
 @functools.lru_cache(maxsize=64)
 def _read_list_file(path: str, size: int, mtime_ns: int, keys: tuple[str, ...]) -> tuple[str, ...]:
     del size, mtime_ns  # part of the cache key only
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    text = read_option_text(path, "classnames/templates file")
     stripped = text.lstrip()
     if path.lower().endswith(".json") or stripped.startswith(("[", "{")):
         try:
@@ -109,11 +125,28 @@ def read_list_file(path: str, keys: tuple[str, ...]) -> list[str]:
     return list(_read_list_file(os.fspath(path), st.st_size, st.st_mtime_ns, tuple(keys)))
 
 
-def classnames_for(spec, dataset_classnames: list[str]) -> list[str]:
-    """Prompt class names for ``spec``: option file, vendored JSON, or the cleaned class list."""
+_WNID = re.compile(r"n\d{8}")
+
+
+def _norm(name: str) -> str:
+    return " ".join(re.split(r"[\s_\-/]+", name.strip().lower()))
+
+
+def _is_word(name: str) -> bool:
+    name = str(name)
+    return sum(ch.isalpha() for ch in name) >= 3 and not _WNID.fullmatch(name)
+
+
+def _short(names: list[str], k: int = 10) -> str:
+    shown = ", ".join(names[:k])
+    return f"[{shown}{', ...' if len(names) > k else ''}] ({len(names)})"
+
+
+def _classnames(spec, dataset_classnames: list[str]) -> tuple[list[str], str]:
     n = len(dataset_classnames)
     key = prompt_key(spec)
     option = (spec.options or {}).get("classnames")
+    names: list[str] | None
     if option:
         names = read_list_file(option, _keys(spec))
         where = f"{option} ([datasets.{spec.id}] classnames)"
@@ -122,17 +155,33 @@ def classnames_for(spec, dataset_classnames: list[str]) -> list[str]:
         where = f"{CLASSNAMES_JSON.name} key {key!r}"
         if names is None:
             clean = CLEAN.get(key, lambda c: c)
-            return [clean(c) for c in dataset_classnames]
+            return [clean(c) for c in dataset_classnames], f"the dataset's classes (key {key!r})"
     if len(names) != n:
         raise DataError(f"[datasets.{spec.id}]: {where} has {len(names)} class names but the "
                         f"dataset at {spec.root} has {n} classes; give a classnames file with "
                         f"{n} names in the dataset's class order")
-    return names
+    own = [str(c) for c in dataset_classnames]
+    if not option and all(_is_word(c) for c in own) and [_norm(c) for c in own] != [_norm(c) for c in names]:
+        raise DataError(f"[datasets.{spec.id}]: the dataset's classes are words {_short(own)} but "
+                        f"the class names of {where} are {_short(names)}; they would be matched "
+                        f"by position -- give classnames = FILE (one name per class, in the "
+                        f"dataset's order) or a prompts key whose names match")
+    return list(names), where
+
+
+def classnames_for(spec, dataset_classnames: list[str]) -> list[str]:
+    """Prompt class names for ``spec``: option file, vendored JSON, or the cleaned class list."""
+    return _classnames(spec, dataset_classnames)[0]
 
 
 def templates_for(spec) -> list[str]:
     """Prompt templates for ``spec``: option file, vendored JSON, else the imagenet1k templates."""
+    return _templates(spec)[0]
+
+
+def _templates(spec) -> tuple[list[str], str]:
     option = (spec.options or {}).get("templates")
+    templates: list[str] | None
     if option:
         templates = read_list_file(option, _keys(spec))
         where = f"{option} ([datasets.{spec.id}] templates)"
@@ -143,10 +192,34 @@ def templates_for(spec) -> list[str]:
         if templates is None:
             templates = vendored_templates(DEFAULT_TEMPLATES_KEY)
             where = f"{TEMPLATES_JSON.name} key {DEFAULT_TEMPLATES_KEY!r}"
+    assert templates is not None
     if not templates:
         raise DataError(f"[datasets.{spec.id}]: {where} has no templates")
     bad = [t for t in templates if "{c}" not in t]
     if bad:
         raise DataError(f"[datasets.{spec.id}]: {where}: template {bad[0]!r} has no '{{c}}' "
                         f"placeholder ({len(bad)} of {len(templates)} lack it)")
-    return templates
+    return list(templates), where
+
+
+@dataclass(frozen=True)
+class Prompts:
+    """The class names and templates a zero-shot case uses, and where each came from."""
+
+    classnames: list[str]
+    templates: list[str]
+    classnames_source: str
+    templates_source: str
+
+    def details(self) -> dict[str, Any]:
+        """For a case's details: ``classnames``, ``templates`` and their sources."""
+        return {"classnames": list(self.classnames), "templates": list(self.templates),
+                "classnames_source": self.classnames_source,
+                "templates_source": self.templates_source}
+
+
+def prompts_for(spec, dataset_classnames: list[str]) -> Prompts:
+    """:func:`classnames_for` and :func:`templates_for` together, with their sources."""
+    names, names_from = _classnames(spec, dataset_classnames)
+    templates, templates_from = _templates(spec)
+    return Prompts(names, templates, names_from, templates_from)

@@ -28,13 +28,10 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from harness.data.constants import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
 from harness.errors import ModelError
 from harness.suite import PreprocessSpec
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 HALF = (0.5, 0.5, 0.5)
 
 PRESETS = {

@@ -104,6 +104,8 @@ _ATTACK_OPTIONS = {
     "video_average": Option((bool,), True, None, "average frame scores per video id"),
     "metric_rule": Option((str,), "iso", ("iso", "madation", "foundpad"),
                           "ISO/IEC 30107-3 definitions, or MADation's / FoundPAD's evaluation code"),
+    "video_id_pattern": Option((str,), None, None, "regex, one group: video id from the relative path"),
+    "allow_outside_root": Option((bool,), False, None, "list paths may resolve outside the CSV's folder"),
 }
 
 _CLASSIFICATION_METRICS = ("acc1", "acc5", "mean_per_class_recall")
@@ -143,6 +145,7 @@ PROTOCOLS: dict[str, ProtocolInfo] = {
         options={
             "classnames": Option((str,), None, None, "JSON list or text file, one class per line"),
             "templates": Option((str,), None, None, "JSON list or text file with '{c}' placeholders"),
+            "sun397_split": Option((str,), "partition01", ("partition01", "all"), "SUN397 images used"),
         }),
     "linear_probe": ProtocolInfo(
         "linear_probe", ("classification",), "general",
@@ -154,6 +157,7 @@ PROTOCOLS: dict[str, ProtocolInfo] = {
                                    "share of train carved out for the regularisation search "
                                    "where the dataset has no validation split"),
             "split_seed": Option((int,), 0, None, "seed of the train/validation carve-out"),
+            "sun397_split": Option((str,), "partition01", ("partition01", "all"), "SUN397 images used"),
         }, feature_needs=_probe_needs),
     "verification": ProtocolInfo(
         "verification", ("verification",), "biometric",
