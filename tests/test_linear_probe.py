@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from harness import optim
 from harness.protocols import linear_probe as lp
 
 sklearn_lm = pytest.importorskip("sklearn.linear_model")
@@ -147,8 +148,8 @@ def test_objective_survives_probability_underflow():
     # logits 300 apart: float32 softmax gives exactly 0 for the true class of row 0
     X = torch.tensor([[1.0, 1.0], [1.0, 1.0]])          # one feature and the bias column
     y = torch.tensor([0, 1])
-    obj = lp._SoftmaxObjective(X, y, 2)
-    theta = torch.tensor([0.0, 300.0, 0.0, 0.0])        # W = [0, 300], b = [0, 0]
+    obj = optim.SoftmaxObjective(X, y, 2)
+    theta = torch.tensor([0.0, 0.0, 300.0, 0.0])        # class-major [w, b] rows: W = [0, 300]
     f, g = obj.start(theta)
     z = np.array([[0.0, 300.0], [0.0, 300.0]])
     ce = np.log(np.exp(z - 300).sum(1)) + 300 - z[[0, 1], [0, 1]]

@@ -56,6 +56,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from harness import optim
 from harness.protocols.zeroshot import classification_metrics
 
 VARIANTS = ("clip", "clip-benchmark")
@@ -66,6 +67,7 @@ COARSE_STEP = 16                      # coarse grid: every 16th value (7 values)
 _DEFAULT_C = 1.0                      # no validation data: scikit-learn's default
 _SMALL_PROBLEM = 1 << 24              # n * d * k below which the clip probe runs on one thread
 _LOGITS_CACHE = 1 << 30               # bytes of search logits kept to warm-start without products
+_CACHE_BYTES = 256 << 20              # logits of one fit kept in memory up to this (else chunks)
 _PARALLEL_LIMIT = 1 << 30             # bytes of per-chain working set up to which chains run
                                       # side by side (ImageNet-sized problems run one at a time)
 
@@ -162,327 +164,36 @@ def peak_search(n_grid: int, score: Callable[[int], float] | None = None, *,
 # the "clip" probe: L-BFGS on the multinomial logistic loss, in torch
 # --------------------------------------------------------------------------------------------
 
-class _SoftmaxObjective:
-    """``f(theta) = mean_i CE_i + 0.5 * lam * ||W||^2`` with ``lam = 1 / (C * n)``.
-
-    ``X`` carries a trailing column of ones, so ``theta`` is ``[W; b]`` flattened row-major
-    (``(d + 1) x k``, the last row the unpenalised bias).  Values in float64, the rest in the
-    dtype of ``X``.
-
-    The solver drives it through lines: :meth:`line` computes ``U = X @ D`` for a direction
-    once, after which every trial step ``t`` of the line search costs only elementwise work on
-    the logits ``Z + t U`` (value and slope), and the accepted step one more matrix product
-    for the gradient -- two products per iteration, however many trials the line search needs
-    (evaluating ``f`` and its gradient from scratch costs two products per trial).
-    """
-
-    def __init__(self, X: torch.Tensor, y: torch.Tensor, k: int):
-        self.X, self.y, self.k = X, y, k
-        self.n, self.d1 = X.shape
-        self.lam = 0.0
-        self._z: torch.Tensor | None = None   # logits at the current iterate
-        self._flat_y = torch.arange(self.n, device=X.device) * k + y
-        self._minus_one = torch.full((self.n,), -1.0, dtype=X.dtype, device=X.device)
-
-    @property
-    def logits(self) -> torch.Tensor:
-        """``X @ theta`` at the current iterate (kept up to date by the solver)."""
-        return self._z
-
-    def penalty_mask(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` with its bias entries zeroed (the part the penalty acts on)."""
-        out = x.clone()
-        out[-self.k:] = 0
-        return out
-
-    def _residual(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean cross-entropy (float64) and ``softmax(z) - onehot(y)``."""
-        r = torch.softmax(z, dim=1)  # (softmax, then log of n entries: the cheapest route)
-        p_y = r.view(-1).index_select(0, self._flat_y)
-        tiny = p_y < _TINY_P
-        if bool(tiny.any()):  # underflow: exact log-probabilities for those rows
-            rows = tiny.nonzero().squeeze(1)
-            p_y = p_y.log()
-            p_y[rows] = z[rows].log_softmax(dim=1).gather(1, self.y[rows, None]).squeeze(1)
-            data = -p_y.sum(dtype=torch.float64) / self.n
-        else:
-            data = -p_y.log_().sum(dtype=torch.float64) / self.n
-        r.view(-1).index_add_(0, self._flat_y, self._minus_one)
-        return data, r
-
-    def _gradient(self, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-        Wb = x.view(self.d1, self.k)
-        g = torch.addmm(Wb, self.X.t(), r, beta=self.lam, alpha=1.0 / self.n)
-        g[-1].sub_(Wb[-1], alpha=self.lam)  # the bias is not penalised
-        return g.view(-1)
-
-    def start(self, x: torch.Tensor, z: torch.Tensor | None = None) -> tuple[float, torch.Tensor]:
-        """Value and gradient at ``x``, which becomes the current iterate; ``z``: its logits
-        ``X @ x`` when the caller has them (one matrix product fewer)."""
-        self._z = torch.mm(self.X, x.view(self.d1, self.k)) if z is None else z
-        data, r = self._residual(self._z)
-        W = x[:-self.k]
-        f = data + 0.5 * self.lam * torch.dot(W, W).double()
-        return float(f), self._gradient(x, r)
-
-    def line(self, x: torch.Tensor, d: torch.Tensor):
-        """``(phi, accept)`` for ``theta(t) = x + t d``: ``phi(t) -> (f, f')`` and
-        ``accept(t) -> gradient at theta(t)``, which becomes the current iterate."""
-        U = torch.mm(self.X, d.view(self.d1, self.k))
-        W, DW = x[:-self.k], d[:-self.k]
-        ww, wd, dd = (float(torch.dot(a, b)) for a, b in ((W, W), (W, DW), (DW, DW)))
-        lam, n = self.lam, self.n
-        last: dict[str, Any] = {}
-
-        def phi(t: float) -> tuple[float, float]:
-            zt = torch.add(self._z, U, alpha=t)
-            data, r = self._residual(zt)
-            slope = (float(torch.linalg.vecdot(r, U).sum(dtype=torch.float64)) / n
-                     + lam * (wd + t * dd))
-            last.update(t=t, z=zt, r=r)
-            return float(data) + 0.5 * lam * (ww + t * (2.0 * wd + t * dd)), slope
-
-        def accept(t: float) -> torch.Tensor:
-            if last.get("t") != t:
-                phi(t)
-            self._z = last["z"]
-            return self._gradient(torch.add(x, d, alpha=t), last["r"])
-
-        return phi, accept
-
-
-def _cubic_step(t1, f1, g1, t2, f2, g2, lo, hi):
-    """Minimiser of the cubic matching values and slopes at t1, t2, clamped to [lo, hi]."""
-    try:
-        d1 = g1 + g2 - 3.0 * (f1 - f2) / (t1 - t2)
-        disc = d1 * d1 - g1 * g2
-        if disc >= 0.0:
-            d2 = math.copysign(math.sqrt(disc), t2 - t1)
-            t = t2 - (t2 - t1) * (g2 + d2 - d1) / (g2 - g1 + 2.0 * d2)
-            if math.isfinite(t):
-                return min(max(t, lo), hi)
-    except (ZeroDivisionError, OverflowError, ValueError):
-        pass
-    return 0.5 * (lo + hi)
-
-
-def _strong_wolfe(phi, f0: float, gd0: float, t: float, *, c1=1e-4, c2=0.9, max_evals=25):
-    """Line search for a step satisfying the strong Wolfe conditions (bracket, then zoom;
-    Nocedal and Wright, algorithms 3.5 and 3.6, cubic interpolation).
-
-    ``phi(t) -> (f, slope)``.  Returns ``(t, f)``; ``t == 0`` when no step with sufficient
-    decrease was found.  If the evaluation budget runs out, the best step with sufficient
-    decrease so far is returned.
-    """
-    evals = 0
-    prev = (0.0, f0, gd0)
-    bracket = None
-    while evals < max_evals:
-        f, gd = phi(t)
-        evals += 1
-        if not math.isfinite(f) or f > f0 + c1 * t * gd0 or (evals > 1 and f >= prev[1]):
-            bracket = [prev, (t, f, gd)]
-            break
-        if abs(gd) <= -c2 * gd0:
-            return t, f
-        if gd >= 0.0:
-            bracket = [(t, f, gd), prev]
-            break
-        t_new = _cubic_step(prev[0], prev[1], prev[2], t, f, gd, t + 0.01 * (t - prev[0]), 10.0 * t)
-        prev = (t, f, gd)
-        t = t_new
-    else:
-        return prev[0], prev[1]
-    lo, hi = bracket  # lo: the lowest value satisfying sufficient decrease so far
-    while evals < max_evals:
-        a, b = sorted((lo[0], hi[0]))
-        width = b - a
-        if width <= 1e-12 * max(b, 1e-12):
-            break
-        if math.isfinite(hi[1]):
-            t = _cubic_step(lo[0], lo[1], lo[2], hi[0], hi[1], hi[2],
-                            a + 0.1 * width, b - 0.1 * width)
-        else:
-            t = 0.5 * (a + b)
-        f, gd = phi(t)
-        evals += 1
-        if not math.isfinite(f) or f > f0 + c1 * t * gd0 or f >= lo[1]:
-            hi = (t, f, gd)
-        else:
-            if abs(gd) <= -c2 * gd0:
-                return t, f
-            if gd * (hi[0] - lo[0]) >= 0.0:
-                hi = lo
-            lo = (t, f, gd)
-    return lo[0], lo[1]
-
-
-class _LbfgsMemory:
-    """The last ``m`` curvature pairs, stacked as rows of ``H = [S; Y]`` on the device.
-
-    The direction ``-H_k g`` uses the compact form of the limited-memory inverse Hessian
-    (Byrd, Nocedal and Schnabel 1994): the same direction as the two-loop recursion, from two
-    matrix-vector products with ``H`` instead of ``4 m`` small vector operations; the
-    ``2m x 2m`` algebra runs in float64 on the host.  Pairs with ``s'y <= eps * y'y`` are not
-    stored.  :meth:`shift` re-targets the pairs to another L2 strength (``y += dlam * P s``),
-    which is exact for the same data: a warm-started fit starts with the curvature it had.
-    """
-
-    def __init__(self, p: int, m: int, dtype, device):
-        self.m = m
-        self.H = torch.zeros(2 * m, p, dtype=dtype, device=device)
-        self.StY = np.zeros((m, m))
-        self.YtY = np.zeros((m, m))
-        self.order: list[int] = []   # valid slots, oldest first
-        self.lam: float | None = None
-
-    def clear(self) -> None:
-        self.order = []
-
-    def direction(self, g: torch.Tensor) -> torch.Tensor | None:
-        """``-H_k g``; ``None`` if the small system is numerically singular."""
-        m, o = self.m, np.array(self.order)
-        last = self.order[-1]
-        gamma = self.StY[last, last] / self.YtY[last, last]
-        proj = (self.H @ g).double().cpu().numpy()
-        a, b = proj[o], gamma * proj[m + o]
-        Sy = self.StY[np.ix_(o, o)]
-        R = np.triu(Sy)
-        try:
-            u = np.linalg.solve(R, a)
-            p1 = np.linalg.solve(R.T, (np.diag(np.diag(Sy)) + gamma * self.YtY[np.ix_(o, o)]) @ u
-                                 - b)
-        except np.linalg.LinAlgError:
-            return None
-        if not (np.all(np.isfinite(u)) and np.all(np.isfinite(p1)) and math.isfinite(gamma)):
-            return None
-        coef = np.zeros(2 * m)
-        coef[o], coef[m + o] = p1, -gamma * u
-        coef_t = torch.from_numpy(coef).to(device=g.device, dtype=g.dtype)
-        return torch.addmv(g, self.H.t(), coef_t, beta=gamma).neg_()
-
-    def push(self, s: torch.Tensor, y: torch.Tensor) -> None:
-        m = self.m
-        slot = next((i for i in range(m) if i not in self.order), None)
-        if slot is None:
-            slot = self.order.pop(0)
-        self.H[slot].copy_(s)
-        self.H[m + slot].copy_(y)
-        dots = (self.H @ self.H[[slot, m + slot]].t()).double().cpu().numpy()  # [2m, 2]
-        ys, yy = dots[m + slot, 0], dots[m + slot, 1]
-        if ys > _EPS32 * yy:
-            self.StY[slot, :] = dots[m:, 0]          # s_slot . y_j
-            self.StY[:, slot] = dots[:m, 1]          # s_i . y_slot
-            self.YtY[slot, :] = self.YtY[:, slot] = dots[m:, 1]
-            self.order.append(slot)
-
-    def shift(self, lam: float, mask_bias: Callable[[torch.Tensor], torch.Tensor]) -> None:
-        """Move the stored pairs from L2 strength ``self.lam`` to ``lam``."""
-        if self.lam is not None and self.order and lam != self.lam:
-            m = self.m
-            for i in self.order:
-                self.H[m + i].add_(mask_bias(self.H[i]), alpha=lam - self.lam)
-            G = (self.H @ self.H.t()).double().cpu().numpy()
-            self.StY[:, :] = G[:m, m:]
-            self.YtY[:, :] = G[m:, m:]
-            self.order = [i for i in self.order if self.StY[i, i] > _EPS32 * self.YtY[i, i]]
-        self.lam = lam
-
-
-_EPS32 = float(np.finfo(np.float32).eps)
-_TINY_P = 1e-30  # below this a float32 probability's log is recomputed from the logits
-
-
-def _lbfgs(obj: _SoftmaxObjective, x0: torch.Tensor, memory: _LbfgsMemory, *,
-           max_iter: int = 1000, tol: float = 1e-4, ftol: float = 64 * np.finfo(float).eps,
-           refresh: int = 20, z0: torch.Tensor | None = None,
-           ) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Minimise ``obj`` from ``x0`` by L-BFGS with a strong-Wolfe line search.
-
-    Stops when ``max|grad| <= tol`` (converged: scikit-learn's lbfgs criterion, on the same
-    averaged objective), when the relative decrease of the value is ``<= ftol`` or the line
-    search finds no decrease along ``-grad`` (as scipy's L-BFGS-B), or after ``max_iter``
-    iterations.  ``memory`` may hold pairs from an earlier fit on the same data (it is shifted
-    to ``obj.lam``).  ``z0``: the logits at ``x0``, if known.  The logits are recomputed from
-    scratch every ``refresh`` iterations so that the running ``Z + t U`` updates cannot drift.
-    Returns ``(x, info)``; the logits at ``x`` are left in ``obj.logits``.
-    """
-    x = x0.clone()
-    memory.shift(obj.lam, obj.penalty_mask)
-    f, g = obj.start(x, z0)
-    n_iter, n_trials, converged = 0, 0, False
-    while True:
-        if n_iter and n_iter % refresh == 0:
-            f, g = obj.start(x)
-        if float(torch.linalg.vector_norm(g, ord=math.inf)) <= tol:
-            converged = True
-            break
-        if n_iter >= max_iter:
-            break
-        d = memory.direction(g) if memory.order else None
-        if d is not None:
-            t0 = 1.0
-        else:
-            memory.clear()
-            d = g.neg()
-            # the first step: scipy's 1/||g||, capped by the curvature lam of the penalty
-            t0 = min(1.0, 1.0 / max(float(torch.linalg.vector_norm(g)), 1e-30))
-            if obj.lam > 0:
-                t0 = min(t0, 1.0 / obj.lam)
-        gd0 = float(torch.dot(g, d))
-        if not gd0 < 0.0:  # not a descent direction: restart from steepest descent
-            if memory.order and math.isfinite(gd0):
-                memory.clear()
-                continue
-            break
-        phi, accept = obj.line(x, d)
-        counted = [0]
-
-        def counting_phi(t):
-            counted[0] += 1
-            return phi(t)
-
-        t, f_new = _strong_wolfe(counting_phi, f, gd0, t0)
-        n_trials += counted[0]
-        if t == 0.0:
-            if memory.order:     # drop the curvature memory and retry along -grad
-                memory.clear()
-                continue
-            break
-        g_new = accept(t)
-        memory.push(d * t, g_new - g)
-        x.add_(d, alpha=t)
-        n_iter += 1
-        f_old, f, g = f, f_new, g_new
-        if (f_old - f) <= ftol * max(abs(f_old), abs(f), 1.0):
-            converged = float(torch.linalg.vector_norm(g, ord=math.inf)) <= tol
-            break
-    return x, {"n_iter": n_iter, "n_trials": n_trials, "converged": converged}
-
-
 class _ClipProbe:
     """Fits of one labelled set for many ``C``; solutions are full ``[d + 1, K]`` matrices.
 
-    ``fit`` also returns the fit's logits on this set (``[n, k]``, the present classes), which a
-    later warm start built from this solution can reuse instead of a matrix product.
+    The solver is chosen by size (:func:`harness.optim.choose_solver`): Newton with the exact
+    Hessian for few parameters, L-BFGS otherwise.  Where the logits of the set are small
+    (``n * k`` floats within ``_CACHE_BYTES``) the objective keeps them and ``fit`` returns them
+    (class-major ``[k, n]``, the present classes), so that a later warm start built from this
+    solution can reuse them instead of a pass over ``X``; otherwise it works in row chunks and
+    returns ``None``.
     """
 
-    def __init__(self, X: torch.Tensor, y: torch.Tensor, K: int, *, max_iter: int, tol: float):
+    def __init__(self, X: torch.Tensor, y: torch.Tensor, K: int, *, max_iter: int, tol: float,
+                 solver: str | None = None):
         self.classes = torch.unique(y)
         self.K, self.k, self.d1 = K, int(self.classes.numel()), X.shape[1]
         self.absent = torch.ones(K, dtype=torch.bool, device=y.device)
         self.absent[self.classes] = False
         remap = torch.full((K,), -1, dtype=torch.int64, device=y.device)
         remap[self.classes] = torch.arange(self.k, device=y.device)
-        self.obj = _SoftmaxObjective(X, remap[y], self.k)
-        self.memory = _LbfgsMemory(self.d1 * self.k, 10, X.dtype, X.device)
+        cache = 3 * X.shape[0] * self.k * X.element_size() <= _CACHE_BYTES
+        self.obj = optim.SoftmaxObjective(X, remap[y], self.k, cache=cache)
+        self.solver = solver or optim.choose_solver(self.d1 * self.k)
+        self.memory = optim.LbfgsMemory(self.d1 * self.k, 10, X.dtype, X.device)
         self.max_iter, self.tol = max_iter, tol
         self.n_iter = 0
         counts = torch.bincount(remap[y], minlength=self.k).to(X.dtype)
         self._log_prior = counts.log() - counts.log().mean()
 
     def fit(self, C: float, warm: torch.Tensor | None, warm_z: torch.Tensor | None = None
-            ) -> tuple[torch.Tensor, dict, torch.Tensor]:
+            ) -> tuple[torch.Tensor, dict, torch.Tensor | None]:
         """Solve for ``C`` from ``warm`` (full matrix; ``warm_z``: its logits here, if known).
 
         A cold start is ``W = 0`` with the bias at the centred log class frequencies -- the
@@ -492,35 +203,61 @@ class _ClipProbe:
         self.obj.lam = 1.0 / (C * self.obj.n)
         X = self.obj.X
         if warm is None:
-            x0 = torch.zeros(self.d1 * self.k, dtype=X.dtype, device=X.device)
-            x0[-self.k:] = self._log_prior
+            x0 = torch.zeros(self.k, self.d1, dtype=X.dtype, device=X.device)
+            x0[:, -1] = self._log_prior
             warm_z = None
         else:
-            x0 = warm[:, self.classes].reshape(-1)
-        x, info = _lbfgs(self.obj, x0, self.memory, max_iter=self.max_iter, tol=self.tol,
-                         z0=warm_z)
+            x0 = warm[:, self.classes].t().contiguous()
+        if not self.obj.cache:
+            warm_z = None
+        if self.solver == "newton":
+            x, info = optim.newton(self.obj, x0.view(-1), max_iter=self.max_iter, tol=self.tol,
+                                   z0=warm_z)
+        else:
+            x, info = optim.lbfgs(self.obj, x0.view(-1), self.memory, max_iter=self.max_iter,
+                                  tol=self.tol, z0=warm_z)
         self.n_iter += info["n_iter"]
         full = torch.zeros(self.d1, self.K, dtype=X.dtype, device=X.device)
-        full[:, self.classes] = x.view(self.d1, self.k)
+        full[:, self.classes] = x.view(self.k, self.d1).t()
         return full, info, self.obj.logits
 
     def logits(self, full: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+        """Row-major ``[n, K]`` logits of ``X``; absent classes at ``-inf``."""
         z = X @ full
         z[:, self.absent] = -math.inf
         return z
 
+    def class_major_logits(self, full: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+        """Class-major ``[K, n]`` logits of ``X`` (the layout of the objective's cache)."""
+        z = torch.mm(full.t(), X.t())
+        z[self.absent] = -math.inf
+        return z
+
+    def accuracy(self, full: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> float:
+        """Top-1 accuracy on ``(X, y)``, computed in row chunks (no ``n x K`` tensor)."""
+        hits = 0
+        for s in range(0, X.shape[0], optim.DEFAULT_CHUNK):
+            z = self.logits(full, X[s:s + optim.DEFAULT_CHUNK])
+            hits += int((z.argmax(dim=1) == y[s:s + optim.DEFAULT_CHUNK]).sum())
+        return hits / max(y.numel(), 1)
+
 
 def fit_logistic(x, y, C: float, *, n_classes: int | None = None, max_iter: int = 1000,
-                 tol: float = 1e-4, device: str | torch.device = "cpu"
-                 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+                 tol: float = 1e-4, device: str | torch.device = "cpu", solver: str | None = None,
+                 chunk: int | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """One L2-regularised multinomial logistic regression, as the ``clip`` probe solves it.
 
     Same problem and stopping rule as ``LogisticRegression(C=C, solver="lbfgs", tol=tol,
     max_iter=max_iter)`` on the features as given (no standardisation here).  Returns
     ``(weight [D, K], bias [K], info)`` (float32; ``logits = x @ weight + bias``); classes
     without training samples get a bias of ``-inf``.  ``info``: ``n_iter`` (iterations),
-    ``n_trials`` (line-search trial steps), ``converged`` (``max|grad| <= tol`` reached).
+    ``n_trials`` (line-search trial steps), ``converged`` (``max|grad| <= tol`` reached),
+    ``solver``.  ``solver``: ``"newton"`` or ``"lbfgs"`` (default: chosen by size, see
+    :func:`harness.optim.choose_solver`); ``chunk``: work in row chunks of that many samples
+    instead of keeping the logits (default: chunks only where the logits would be large).
     """
+    if solver not in (None, "newton", "lbfgs"):
+        raise ValueError(f"solver must be 'newton' or 'lbfgs', got {solver!r}")
     X = _features(x, "x")
     yy = _labels(y, X.shape[0], "y")
     K = int(n_classes) if n_classes is not None else int(yy.max()) + 1
@@ -532,7 +269,9 @@ def fit_logistic(x, y, C: float, *, n_classes: int | None = None, max_iter: int 
     Xa[:, :-1], Xa[:, -1] = X, 1.0
     dev = torch.device(device)
     probe = _ClipProbe(torch.from_numpy(Xa).to(dev), torch.from_numpy(yy).to(dev), K,
-                       max_iter=int(max_iter), tol=float(tol))
+                       max_iter=int(max_iter), tol=float(tol), solver=solver)
+    if chunk is not None:
+        probe.obj.cache, probe.obj.chunk = False, max(1, int(chunk))
     with torch.no_grad(), _single_thread_on_cpu(dev, Xa.size * K < _SMALL_PROBLEM):
         full, info, _ = probe.fit(float(C), None)
         full[-1, probe.absent] = -math.inf
@@ -605,10 +344,12 @@ def _clip_variant(Xall, yall, n_fit, Xtest, K, *, max_iter, tol, have_val):
         solutions: dict[int, torch.Tensor] = {}
         train_logits: dict[int, torch.Tensor] = {}  # kept while they fit in _LOGITS_CACHE
         val_logits: dict[int, torch.Tensor] = {}
-        keep_logits = n_fit * K * Xall.element_size() * len(C_GRID) // 6 <= _LOGITS_CACHE
+        keep_logits = (probes[0].obj.cache
+                       and n_fit * K * Xall.element_size() * len(C_GRID) // 6 <= _LOGITS_CACHE)
         owner: dict[int, int] = {}
         threads = torch.get_num_threads()
-        working_set = 4 * n_fit * K * Xall.element_size()  # logits, direction, trial, residual
+        rows = n_fit if probes[0].obj.cache else min(n_fit, probes[0].obj.chunk)
+        working_set = 4 * rows * K * Xall.element_size()  # logits, direction, trial, residual
         parallel = Xall.device.type == "cpu" and threads >= 2 and working_set <= _PARALLEL_LIMIT
 
         @torch.no_grad()
@@ -622,8 +363,11 @@ def _clip_variant(Xall, yall, n_fit, Xtest, K, *, max_iter, tol, have_val):
                 local[i] = sol
                 if keep_logits:
                     local_z[i] = z
-                zv = probes[c].logits(sol, Xval)
-                acc = float((zv.argmax(dim=1) == yval).sum()) / yval.numel()
+                if keep_logits:
+                    zv = probes[c].class_major_logits(sol, Xval)
+                    acc = float((zv.argmax(dim=0) == yval).sum()) / yval.numel()
+                else:
+                    zv, acc = None, probes[c].accuracy(sol, Xval, yval)
                 out.append((i, sol, z if keep_logits else None, zv if keep_logits else None, acc))
             return out
 
@@ -652,7 +396,7 @@ def _clip_variant(Xall, yall, n_fit, Xtest, K, *, max_iter, tol, have_val):
         C = float(C_GRID[best])
         warm, memory = solutions[best], probes[owner[best]].memory
         if best in train_logits:  # the refit starts at the chosen solution: its logits too
-            warm_z = torch.cat([train_logits[best], val_logits[best][:, probes[0].classes]])
+            warm_z = torch.cat([train_logits[best], val_logits[best][probes[0].classes]], dim=1)
         details.update(val_acc1=dict(history)[best],
                        search=[(float(C_GRID[i]), a) for i, a in history],
                        search_iterations=sum(p.n_iter for p in probes))
@@ -665,7 +409,8 @@ def _clip_variant(Xall, yall, n_fit, Xtest, K, *, max_iter, tol, have_val):
     full, info, _ = final.fit(C, warm, warm_z if same_classes else None)
     n_fits += 1
     details.update(C=C, n_fits=n_fits, final_iterations=info["n_iter"],
-                   final_converged=bool(info["converged"]), features="standardized")
+                   final_converged=bool(info["converged"]), solver=info["solver"],
+                   features="standardized")
     return final.logits(full, Xtest), details
 
 

@@ -1,0 +1,470 @@
+"""Solvers for L2-regularised multinomial logistic regression (the ``clip`` linear probe's fits).
+
+The problem, in scikit-learn's convention divided by ``n``::
+
+    f(theta) = mean_i CE(softmax(W x_i + b), y_i) + 0.5 * lam * ||W||^2,   lam = 1 / (C * n)
+
+``theta`` is ``[W | b]`` as a ``k x (d + 1)`` matrix flattened row-major (``X`` carries a
+trailing column of ones, so the last entry of each class row is its unpenalised bias).  Logits
+are kept class-major (``k x n``): the softmax then runs over ``k`` contiguous rows of length
+``n``, which is several times faster than over rows of ``k`` entries when ``k`` is small.
+
+Two solvers, chosen by :func:`choose_solver` from the problem's size:
+
+* :func:`lbfgs` -- limited-memory BFGS (memory 10, compact representation) with a strong-Wolfe
+  line search; each iteration costs two passes over ``X`` however many trial steps the line
+  search takes (the trials work on ``Z + t U`` with ``U = X @ direction``).
+* :func:`newton` -- Newton's method with the exact Hessian ``sum_i A_i (x) x_i x_i^T``
+  (``A_i = diag(p_i) - p_i p_i^T``), accumulated over row chunks, solved by Cholesky, with the
+  same line search; for few parameters (``p = k (d + 1)``), where one Hessian, ``n p^2`` work,
+  costs less than the tens of L-BFGS iterations it saves.
+
+Both stop when the largest gradient entry is ``<= tol`` (scikit-learn's lbfgs criterion on the
+same averaged objective), when the relative decrease is ``<= ftol``, or after ``max_iter``.
+
+Memory: :class:`SoftmaxObjective` either keeps the logits of the current iterate (``cache`` --
+an ``n x k`` tensor or two, for problems where that is small) or works in row chunks of
+``chunk`` samples, so that nothing of size ``n x k`` is ever alive (the trial steps of the line
+search then cost two passes each).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+_EPS32 = float(np.finfo(np.float32).eps)
+_TINY_P = 1e-30  # below this a float32 probability's log is recomputed from the logits
+NEWTON_MAX_PARAMS = 200    # Newton (exact Hessian) up to this many parameters, L-BFGS above
+DEFAULT_CHUNK = 8192
+
+
+def choose_solver(n_params: int) -> str:
+    """``"newton"`` for at most :data:`NEWTON_MAX_PARAMS` parameters, else ``"lbfgs"``.
+
+    One exact Hessian costs about ``n p^2`` multiply-adds, an L-BFGS iteration about ``4 n p``;
+    Newton converges in a handful of steps where L-BFGS takes tens to hundreds, so Newton wins
+    while ``p / 4`` is below the iterations it saves.
+    """
+    return "newton" if n_params <= NEWTON_MAX_PARAMS else "lbfgs"
+
+
+class SoftmaxObjective:
+    """``f(theta) = mean_i CE_i + 0.5 * lam * ||W||^2`` on ``X`` (``n x (d + 1)``, last column
+    ones) with labels ``y`` in ``0..k-1``.  Values in float64, the rest in ``X``'s dtype.
+
+    ``cache=True``: the class-major logits ``Z`` (``k x n``) of the current iterate are kept, and
+    :meth:`line` computes ``U = W_d X^T`` once per direction, so every trial step costs only
+    elementwise work.  ``cache=False``: every evaluation runs over row chunks of ``chunk`` samples
+    and nothing of size ``n x k`` is kept.
+    """
+
+    def __init__(self, X: torch.Tensor, y: torch.Tensor, k: int, *, cache: bool = True,
+                 chunk: int = DEFAULT_CHUNK):
+        self.X, self.y, self.k = X, y, k
+        self.n, self.d1 = X.shape
+        self.lam = 0.0
+        self.cache = cache
+        self.chunk = max(1, int(chunk))
+        self._z: torch.Tensor | None = None   # logits at the current iterate (cache mode)
+
+    # -- basic pieces -------------------------------------------------------------------------
+
+    @property
+    def logits(self) -> torch.Tensor | None:
+        """Class-major logits ``k x n`` at the current iterate (``None`` without cache)."""
+        return self._z
+
+    def penalty_mask(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` with its bias entries zeroed (the part the penalty acts on)."""
+        out = x.clone()
+        out.view(self.k, self.d1)[:, -1] = 0
+        return out
+
+    def _chunks(self):
+        if self.cache:
+            yield 0, self.n
+            return
+        for s in range(0, self.n, self.chunk):
+            yield s, min(s + self.chunk, self.n)
+
+    def _residual(self, z: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed cross-entropy (float64) and ``softmax(z) - onehot(y)`` (class-major)."""
+        m = z.shape[1]
+        r = torch.softmax(z, dim=0)
+        cols = torch.arange(m, device=z.device)
+        p_y = r[y, cols]
+        tiny = p_y < _TINY_P
+        if bool(tiny.any()):  # underflow: exact log-probabilities for those samples
+            idx = tiny.nonzero().squeeze(1)
+            logp = p_y.log()
+            logp[idx] = z[:, idx].log_softmax(dim=0)[y[idx], torch.arange(idx.numel())]
+            data = -logp.sum(dtype=torch.float64)
+        else:
+            data = -p_y.log().sum(dtype=torch.float64)
+        r[y, cols] -= 1.0
+        return data, r
+
+    def _finish(self, x: torch.Tensor, data: torch.Tensor, G: torch.Tensor
+                ) -> tuple[float, torch.Tensor]:
+        Wb = x.view(self.k, self.d1)
+        G.mul_(1.0 / self.n).add_(Wb, alpha=self.lam)
+        G[:, -1].sub_(Wb[:, -1], alpha=self.lam)  # the bias is not penalised
+        W = Wb[:, :-1]
+        f = float(data) / self.n + 0.5 * self.lam * float(torch.sum(W * W, dtype=torch.float64))
+        return f, G.view(-1)
+
+    def value_grad(self, x: torch.Tensor) -> tuple[float, torch.Tensor]:
+        """Value and gradient at ``x`` (chunked; the cached logits are not touched)."""
+        Wb = x.view(self.k, self.d1)
+        G = torch.zeros(self.k, self.d1, dtype=self.X.dtype, device=self.X.device)
+        data = torch.zeros((), dtype=torch.float64, device=self.X.device)
+        for s, e in self._chunks():
+            Xc = self.X[s:e]
+            data += (r := self._residual(torch.mm(Wb, Xc.t()), self.y[s:e]))[0]
+            G.addmm_(r[1], Xc)
+        return self._finish(x, data, G)
+
+    def start(self, x: torch.Tensor, z: torch.Tensor | None = None) -> tuple[float, torch.Tensor]:
+        """Value and gradient at ``x``, which becomes the current iterate; ``z``: its class-major
+        logits when the caller has them (cache mode: one pass over ``X`` fewer)."""
+        if not self.cache:
+            return self.value_grad(x)
+        Wb = x.view(self.k, self.d1)
+        self._z = torch.mm(Wb, self.X.t()) if z is None else z
+        data, r = self._residual(self._z, self.y)
+        return self._finish(x, data, torch.mm(r, self.X))
+
+    def line(self, x: torch.Tensor, d: torch.Tensor):
+        """``(phi, accept)`` for ``theta(t) = x + t d``: ``phi(t) -> (f, f')`` and
+        ``accept(t) -> gradient at theta(t)``, which becomes the current iterate."""
+        last: dict[str, Any] = {}
+        if not self.cache:
+            def phi_chunked(t: float) -> tuple[float, float]:
+                xt = torch.add(x, d, alpha=t)
+                f, g = self.value_grad(xt)
+                last.update(t=t, g=g)
+                return f, float(torch.dot(g.double(), d.double()))
+
+            def accept_chunked(t: float) -> torch.Tensor:
+                if last.get("t") != t:
+                    phi_chunked(t)
+                return last["g"]
+
+            return phi_chunked, accept_chunked
+
+        U = torch.mm(d.view(self.k, self.d1), self.X.t())
+        Wx, Wd = x.view(self.k, self.d1)[:, :-1], d.view(self.k, self.d1)[:, :-1]
+        ww, wd, dd = (float(torch.sum(a * b, dtype=torch.float64))
+                      for a, b in ((Wx, Wx), (Wx, Wd), (Wd, Wd)))
+        lam, n = self.lam, self.n
+
+        def phi(t: float) -> tuple[float, float]:
+            zt = torch.add(self._z, U, alpha=t)
+            data, r = self._residual(zt, self.y)
+            slope = float(torch.sum(r * U, dtype=torch.float64)) / n + lam * (wd + t * dd)
+            last.update(t=t, z=zt, r=r)
+            return float(data) / n + 0.5 * lam * (ww + t * (2.0 * wd + t * dd)), slope
+
+        def accept(t: float) -> torch.Tensor:
+            if last.get("t") != t:
+                phi(t)
+            self._z = last["z"]
+            xt = torch.add(x, d, alpha=t)
+            return self._finish(xt, torch.zeros((), dtype=torch.float64),
+                                torch.mm(last["r"], self.X))[1]
+
+        return phi, accept
+
+    def hessian(self, x: torch.Tensor) -> torch.Tensor:
+        """The exact Hessian (``p x p``, float64) at ``x``, accumulated over row chunks.
+
+        ``H = (1/n) sum_i (diag(p_i) - p_i p_i^T) (x) x_i x_i^T + lam * P`` with ``P`` the
+        identity on the weights and zero on the biases (``(a, j)`` ordering: class-major)."""
+        k, d1 = self.k, self.d1
+        Wb = x.view(k, d1)
+        H = torch.zeros(k * d1, k * d1, dtype=torch.float64, device=self.X.device)
+        step = self.chunk if self.cache else self.chunk
+        for s in range(0, self.n, step):
+            Xc = self.X[s:s + step]
+            P = torch.softmax(torch.mm(Wb, Xc.t()), dim=0)            # k x c
+            V = (P[:, :, None] * Xc[None]).permute(1, 0, 2).reshape(Xc.shape[0], k * d1)
+            H.sub_(torch.mm(V.t(), V).double())
+            for a in range(k):
+                blk = torch.mm(Xc.t() * P[a], Xc).double()
+                H[a * d1:(a + 1) * d1, a * d1:(a + 1) * d1].add_(blk)
+        H.mul_(1.0 / self.n)
+        pen = torch.full((k, d1), self.lam, dtype=torch.float64, device=H.device)
+        pen[:, -1] = 0.0
+        H.diagonal().add_(pen.view(-1))
+        return H
+
+
+def _cubic_step(t1, f1, g1, t2, f2, g2, lo, hi):
+    """Minimiser of the cubic matching values and slopes at t1, t2, clamped to [lo, hi]."""
+    try:
+        d1 = g1 + g2 - 3.0 * (f1 - f2) / (t1 - t2)
+        disc = d1 * d1 - g1 * g2
+        if disc >= 0.0:
+            d2 = math.copysign(math.sqrt(disc), t2 - t1)
+            t = t2 - (t2 - t1) * (g2 + d2 - d1) / (g2 - g1 + 2.0 * d2)
+            if math.isfinite(t):
+                return min(max(t, lo), hi)
+    except (ZeroDivisionError, OverflowError, ValueError):
+        pass
+    return 0.5 * (lo + hi)
+
+
+def strong_wolfe(phi, f0: float, gd0: float, t: float, *, c1=1e-4, c2=0.9, max_evals=25):
+    """Line search for a step satisfying the strong Wolfe conditions (bracket, then zoom;
+    Nocedal and Wright, algorithms 3.5 and 3.6, cubic interpolation).
+
+    ``phi(t) -> (f, slope)``.  Returns ``(t, f)``; ``t == 0`` when no step with sufficient
+    decrease was found.  If the evaluation budget runs out, the best step with sufficient
+    decrease so far is returned.
+    """
+    evals = 0
+    prev = (0.0, f0, gd0)
+    bracket = None
+    while evals < max_evals:
+        f, gd = phi(t)
+        evals += 1
+        if not math.isfinite(f) or f > f0 + c1 * t * gd0 or (evals > 1 and f >= prev[1]):
+            bracket = [prev, (t, f, gd)]
+            break
+        if abs(gd) <= -c2 * gd0:
+            return t, f
+        if gd >= 0.0:
+            bracket = [(t, f, gd), prev]
+            break
+        t_new = _cubic_step(prev[0], prev[1], prev[2], t, f, gd, t + 0.01 * (t - prev[0]), 10.0 * t)
+        prev = (t, f, gd)
+        t = t_new
+    else:
+        return prev[0], prev[1]
+    lo, hi = bracket  # lo: the lowest value satisfying sufficient decrease so far
+    while evals < max_evals:
+        a, b = sorted((lo[0], hi[0]))
+        width = b - a
+        if width <= 1e-12 * max(b, 1e-12):
+            break
+        if math.isfinite(hi[1]):
+            t = _cubic_step(lo[0], lo[1], lo[2], hi[0], hi[1], hi[2],
+                            a + 0.1 * width, b - 0.1 * width)
+        else:
+            t = 0.5 * (a + b)
+        f, gd = phi(t)
+        evals += 1
+        if not math.isfinite(f) or f > f0 + c1 * t * gd0 or f >= lo[1]:
+            hi = (t, f, gd)
+        else:
+            if abs(gd) <= -c2 * gd0:
+                return t, f
+            if gd * (hi[0] - lo[0]) >= 0.0:
+                hi = lo
+            lo = (t, f, gd)
+    return lo[0], lo[1]
+
+
+class LbfgsMemory:
+    """The last ``m`` curvature pairs, stacked as rows of ``H = [S; Y]`` on the device.
+
+    The direction ``-H_k g`` uses the compact form of the limited-memory inverse Hessian
+    (Byrd, Nocedal and Schnabel 1994): the same direction as the two-loop recursion, from two
+    matrix-vector products with ``H`` instead of ``4 m`` small vector operations; the
+    ``2m x 2m`` algebra runs in float64 on the host.  Pairs with ``s'y <= eps * y'y`` are not
+    stored.  :meth:`shift` re-targets the pairs to another L2 strength (``y += dlam * P s``),
+    which is exact for the same data: a warm-started fit starts with the curvature it had.
+    """
+
+    def __init__(self, p: int, m: int, dtype, device):
+        self.m = m
+        self.H = torch.zeros(2 * m, p, dtype=dtype, device=device)
+        self.StY = np.zeros((m, m))
+        self.YtY = np.zeros((m, m))
+        self.order: list[int] = []   # valid slots, oldest first
+        self.lam: float | None = None
+
+    def clear(self) -> None:
+        self.order = []
+
+    def direction(self, g: torch.Tensor) -> torch.Tensor | None:
+        """``-H_k g``; ``None`` if the small system is numerically singular."""
+        m, o = self.m, np.array(self.order)
+        last = self.order[-1]
+        gamma = self.StY[last, last] / self.YtY[last, last]
+        proj = (self.H @ g).double().cpu().numpy()
+        a, b = proj[o], gamma * proj[m + o]
+        Sy = self.StY[np.ix_(o, o)]
+        R = np.triu(Sy)
+        try:
+            u = np.linalg.solve(R, a)
+            p1 = np.linalg.solve(R.T, (np.diag(np.diag(Sy)) + gamma * self.YtY[np.ix_(o, o)]) @ u
+                                 - b)
+        except np.linalg.LinAlgError:
+            return None
+        if not (np.all(np.isfinite(u)) and np.all(np.isfinite(p1)) and math.isfinite(gamma)):
+            return None
+        coef = np.zeros(2 * m)
+        coef[o], coef[m + o] = p1, -gamma * u
+        coef_t = torch.from_numpy(coef).to(device=g.device, dtype=g.dtype)
+        return torch.addmv(g, self.H.t(), coef_t, beta=gamma).neg_()
+
+    def push(self, s: torch.Tensor, y: torch.Tensor) -> None:
+        m = self.m
+        slot = next((i for i in range(m) if i not in self.order), None)
+        if slot is None:
+            slot = self.order.pop(0)
+        self.H[slot].copy_(s)
+        self.H[m + slot].copy_(y)
+        dots = (self.H @ self.H[[slot, m + slot]].t()).double().cpu().numpy()  # [2m, 2]
+        ys, yy = dots[m + slot, 0], dots[m + slot, 1]
+        if ys > _EPS32 * yy:
+            self.StY[slot, :] = dots[m:, 0]          # s_slot . y_j
+            self.StY[:, slot] = dots[:m, 1]          # s_i . y_slot
+            self.YtY[slot, :] = self.YtY[:, slot] = dots[m:, 1]
+            self.order.append(slot)
+
+    def shift(self, lam: float, mask_bias: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Move the stored pairs from L2 strength ``self.lam`` to ``lam``."""
+        if self.lam is not None and self.order and lam != self.lam:
+            m = self.m
+            for i in self.order:
+                self.H[m + i].add_(mask_bias(self.H[i]), alpha=lam - self.lam)
+            G = (self.H @ self.H.t()).double().cpu().numpy()
+            self.StY[:, :] = G[:m, m:]
+            self.YtY[:, :] = G[m:, m:]
+            self.order = [i for i in self.order if self.StY[i, i] > _EPS32 * self.YtY[i, i]]
+        self.lam = lam
+
+
+def _max_abs(g: torch.Tensor) -> float:
+    return float(torch.linalg.vector_norm(g, ord=math.inf))
+
+
+def lbfgs(obj: SoftmaxObjective, x0: torch.Tensor, memory: LbfgsMemory, *,
+          max_iter: int = 1000, tol: float = 1e-4, ftol: float = 64 * np.finfo(float).eps,
+          refresh: int = 20, z0: torch.Tensor | None = None,
+          ) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Minimise ``obj`` from ``x0`` by L-BFGS with a strong-Wolfe line search.
+
+    Stops when ``max|grad| <= tol`` (converged: scikit-learn's lbfgs criterion, on the same
+    averaged objective), when the relative decrease of the value is ``<= ftol`` or the line
+    search finds no decrease along ``-grad`` (as scipy's L-BFGS-B), or after ``max_iter``
+    iterations.  ``memory`` may hold pairs from an earlier fit on the same data (it is shifted
+    to ``obj.lam``).  ``z0``: the logits at ``x0``, if known.  The logits are recomputed from
+    scratch every ``refresh`` iterations so that the running ``Z + t U`` updates cannot drift.
+    Returns ``(x, info)``; the logits at ``x`` are left in ``obj.logits`` (cache mode).
+    """
+    x = x0.clone()
+    memory.shift(obj.lam, obj.penalty_mask)
+    f, g = obj.start(x, z0)
+    n_iter, n_trials, converged = 0, 0, False
+    while True:
+        if n_iter and n_iter % refresh == 0 and obj.cache:
+            f, g = obj.start(x)
+        if _max_abs(g) <= tol:
+            converged = True
+            break
+        if n_iter >= max_iter:
+            break
+        d = memory.direction(g) if memory.order else None
+        if d is not None:
+            t0 = 1.0
+        else:
+            memory.clear()
+            d = g.neg()
+            # the first step: scipy's 1/||g||, capped by the curvature lam of the penalty
+            t0 = min(1.0, 1.0 / max(float(torch.linalg.vector_norm(g)), 1e-30))
+            if obj.lam > 0:
+                t0 = min(t0, 1.0 / obj.lam)
+        gd0 = float(torch.dot(g, d))
+        if not gd0 < 0.0:  # not a descent direction: restart from steepest descent
+            if memory.order and math.isfinite(gd0):
+                memory.clear()
+                continue
+            break
+        phi, accept = obj.line(x, d)
+        counted = [0]
+
+        def counting_phi(t):
+            counted[0] += 1
+            return phi(t)
+
+        t, f_new = strong_wolfe(counting_phi, f, gd0, t0)
+        n_trials += counted[0]
+        if t == 0.0:
+            if memory.order:     # drop the curvature memory and retry along -grad
+                memory.clear()
+                continue
+            break
+        g_new = accept(t)
+        memory.push(d * t, g_new - g)
+        x.add_(d, alpha=t)
+        n_iter += 1
+        f_old, f, g = f, f_new, g_new
+        if (f_old - f) <= ftol * max(abs(f_old), abs(f), 1.0):
+            converged = _max_abs(g) <= tol
+            break
+    return x, {"n_iter": n_iter, "n_trials": n_trials, "converged": converged, "solver": "lbfgs"}
+
+
+def newton(obj: SoftmaxObjective, x0: torch.Tensor, *, max_iter: int = 1000, tol: float = 1e-4,
+           ftol: float = 64 * np.finfo(float).eps, z0: torch.Tensor | None = None,
+           ) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Minimise ``obj`` from ``x0`` by Newton's method (exact Hessian, Cholesky, strong-Wolfe
+    line search starting at the full step); same stopping rules as :func:`lbfgs`.
+
+    The loss is invariant to adding the same constant to every bias and the bias is not
+    penalised, so the Hessian is singular along that direction ``e``; the gradient is always
+    orthogonal to it, and solving with ``H + e e^T`` gives the same step on the complement.
+    """
+    x = x0.clone()
+    k, d1 = obj.k, obj.d1
+    e = torch.zeros(k, d1, dtype=torch.float64, device=x.device)
+    e[:, -1] = 1.0 / math.sqrt(k)
+    e = e.view(-1)
+    f, g = obj.start(x, z0)
+    n_iter, n_trials, converged = 0, 0, False
+    while True:
+        if _max_abs(g) <= tol:
+            converged = True
+            break
+        if n_iter >= max_iter:
+            break
+        H = obj.hessian(x)
+        H.add_(torch.outer(e, e), alpha=float(H.diagonal().abs().max()) + 1.0)
+        gd = g.double()
+        try:
+            L, info = torch.linalg.cholesky_ex(H)
+            if int(info) != 0:
+                raise RuntimeError("not positive definite")
+            d = torch.cholesky_solve(-gd[:, None], L)[:, 0]
+        except RuntimeError:  # numerically indefinite: a least-squares step
+            d = torch.linalg.lstsq(H, -gd[:, None]).solution[:, 0]
+        d = d.to(x.dtype)
+        gd0 = float(torch.dot(g, d))
+        if not (gd0 < 0.0 and math.isfinite(gd0)):
+            d, gd0 = g.neg(), -float(torch.dot(g, g))
+        phi, accept = obj.line(x, d)
+        counted = [0]
+
+        def counting_phi(t):
+            counted[0] += 1
+            return phi(t)
+
+        t, f_new = strong_wolfe(counting_phi, f, gd0, 1.0)
+        n_trials += counted[0]
+        if t == 0.0:
+            break
+        g = accept(t)
+        x.add_(d, alpha=t)
+        n_iter += 1
+        f_old, f = f, f_new
+        if (f_old - f) <= ftol * max(abs(f_old), abs(f), 1.0):
+            converged = _max_abs(g) <= tol
+            break
+    return x, {"n_iter": n_iter, "n_trials": n_trials, "converged": converged, "solver": "newton"}
