@@ -271,3 +271,76 @@ def test_clip_variant_on_cuda_matches_cpu(problem):
     assert abs(m_gpu["acc1"] - m_cpu["acc1"]) <= 0.003
     m_b, _ = lp.evaluate(*train, *test, *val, variant="clip-benchmark", device="cuda")
     assert m_b["acc1"] > 0.5
+
+
+def _sk_objective(x, y, W, b, C):
+    """scikit-learn's objective ``sum_i CE_i + 0.5 / C * ||W||^2`` in float64, from the definition."""
+    z = x.astype(np.float64) @ np.asarray(W, np.float64) + b
+    z -= z.max(1, keepdims=True)
+    ce = np.log(np.exp(z).sum(1)) - z[np.arange(len(y)), y]
+    return ce.sum() + 0.5 / C * np.sum(np.asarray(W, np.float64) ** 2)
+
+
+@pytest.mark.parametrize("solver", ["newton", "lbfgs"])
+@pytest.mark.parametrize("chunk", [None, 97])
+def test_both_solvers_and_chunking_reach_sklearns_optimum(solver, chunk):
+    (x, y), = gaussian_classes(5, 6, 10, (900,), 0.7)   # p = 6 * 11 = 66: Newton's size
+    assert optim.choose_solver(66) == "newton" and optim.choose_solver(5000) == "lbfgs"
+    for C in (1e-2, 1.0, 100.0):
+        W, b, info = lp.fit_logistic(x, y, C, solver=solver, chunk=chunk)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ref = sklearn_lm.LogisticRegression(C=C, max_iter=1000, tol=1e-8).fit(x, y)
+        assert info["converged"] and info["solver"] == solver
+        f_ours = _sk_objective(x, y, W, b, C)
+        f_ref = _sk_objective(x, y, ref.coef_.T, ref.intercept_, C)
+        # the reference is solved to 1e-8: ours (max|grad| <= 1e-4 of the mean) is never below it
+        # by more than rounding, and above it by at most the order of that tolerance
+        assert f_ref - 1e-6 * abs(f_ref) <= f_ours <= f_ref * (1 + 1e-4)
+        assert np.mean((x @ W + b).argmax(1) == ref.predict(x)) >= 0.995
+    if solver == "newton":
+        assert info["n_iter"] <= 15  # quadratic convergence: a handful of steps
+
+
+def test_chunked_objective_equals_cached():
+    (x, y), = gaussian_classes(6, 7, 5, (301,), 1.0)
+    X = torch.from_numpy(np.hstack([x, np.ones((301, 1), np.float32)]))
+    yt = torch.from_numpy(y)
+    theta = torch.from_numpy(np.random.default_rng(0).normal(size=7 * 6).astype(np.float32))
+    a = optim.SoftmaxObjective(X, yt, 7, cache=True)
+    c = optim.SoftmaxObjective(X, yt, 7, cache=False, chunk=50)
+    a.lam = c.lam = 0.01
+    fa, ga = a.start(theta)
+    fc, gc = c.start(theta)
+    # from the definition: mean CE + 0.5 lam ||W||^2, bias (last of each class row) unpenalised
+    Wb = theta.numpy().reshape(7, 6).astype(np.float64)
+    f_def = _sk_objective(x, y, Wb[:, :-1].T, Wb[:, -1], 1.0) / 301
+    f_def += 0.5 * 0.01 * np.sum(Wb[:, :-1] ** 2) - 0.5 * np.sum(Wb[:, :-1] ** 2) / 301
+    assert fa == pytest.approx(f_def, rel=1e-6) and fc == pytest.approx(f_def, rel=1e-6)
+    assert torch.allclose(ga, gc, atol=1e-6)
+    # the Hessian against finite differences of the gradient, and chunk-invariant
+    H = a.hessian(theta)
+    assert torch.allclose(H, c.hessian(theta), atol=1e-6)
+    v = torch.from_numpy(np.random.default_rng(1).normal(size=42).astype(np.float32))
+    eps = 1e-2
+    fd = (c.value_grad(theta + eps * v)[1].double() - c.value_grad(theta - eps * v)[1].double()) / (2 * eps)
+    assert torch.allclose(H @ v.double(), fd, atol=2e-3)
+
+
+def test_accuracy_equals_sklearn_at_the_chosen_C(problem):
+    """The refit at the C the probe picks, against scikit-learn at that same C on the same
+    standardised train+val features: test accuracy within 0.1 point, objective within 1e-3."""
+    train, val, test = problem
+    metrics, details = lp.evaluate(*train, *test, *val)
+    xall = np.concatenate([train[0], val[0]]).astype(np.float64)
+    yall = np.concatenate([train[1], val[1]])
+    mu, sd = xall.mean(0), xall.std(0)
+    z, zt = (xall - mu) / sd, (test[0] - mu) / sd
+    C = details["C"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = sklearn_lm.LogisticRegression(C=C, solver="lbfgs", max_iter=1000).fit(z, yall)
+    assert abs(metrics["acc1"] - ref.score(zt, test[1])) <= 0.001
+    W, b, _ = lp.fit_logistic(z.astype(np.float32), yall, C)
+    assert _sk_objective(z, yall, W, b, C) == pytest.approx(
+        _sk_objective(z, yall, ref.coef_.T, ref.intercept_, C), rel=1e-3)

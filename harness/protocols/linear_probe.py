@@ -522,6 +522,51 @@ def _labels(y, n: int, what: str) -> np.ndarray:
     return a
 
 
+_PREP_CHUNK = 16384
+
+
+def _gather(parts, extra: int) -> np.ndarray:
+    """``concatenate([src[idx] ...])`` as float32 with ``extra`` trailing columns of ones, filled
+    in row chunks (no other copy of the features)."""
+    n = sum(src.shape[0] if idx is None else idx.size for src, idx in parts)
+    d = parts[0][0].shape[1]
+    out = np.empty((n, d + extra), dtype=np.float32)
+    pos = 0
+    for src, idx in parts:
+        m = src.shape[0] if idx is None else idx.size
+        for s in range(0, m, _PREP_CHUNK):
+            e = min(s + _PREP_CHUNK, m)
+            out[pos + s:pos + e, :d] = src[s:e] if idx is None else src[idx[s:e]]
+        pos += m
+    if extra:
+        out[:, d:] = 1.0
+    return out
+
+
+def _moments(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column mean and (population) standard deviation in float64, in row chunks."""
+    mu = a.mean(axis=0, dtype=np.float64)
+    ss = np.zeros(a.shape[1])
+    for s in range(0, a.shape[0], _PREP_CHUNK):
+        ss += np.square(a[s:s + _PREP_CHUNK] - mu).sum(axis=0)
+    return mu, np.sqrt(ss / max(a.shape[0], 1))
+
+
+def _standardize(a: np.ndarray, mu: np.ndarray, sd: np.ndarray) -> None:
+    """In place: ``(a[:, :-1] - mu) / sd`` (the last column is the bias's ones)."""
+    sd32 = sd.astype(np.float32)
+    for s in range(0, a.shape[0], _PREP_CHUNK):
+        block = a[s:s + _PREP_CHUNK, :-1]
+        np.subtract(block, mu, out=block, casting="unsafe")
+        block /= sd32
+
+
+def _l2_normalize(a: np.ndarray) -> None:
+    for s in range(0, a.shape[0], _PREP_CHUNK):
+        block = a[s:s + _PREP_CHUNK]
+        block /= np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12)
+
+
 def evaluate(train_x, train_y, test_x, test_y, val_x=None, val_y=None, *,
              variant: str = "clip", val_fraction: float = 0.2, split_seed: int = 0,
              device: str | torch.device = "cpu", n_classes: int | None = None,
@@ -563,9 +608,11 @@ def evaluate(train_x, train_y, test_x, test_y, val_x=None, val_y=None, *,
         if Xva.shape[1] != Xtr.shape[1]:
             raise ValueError(f"val_x has dimension {Xva.shape[1]} but train_x has {Xtr.shape[1]}")
         val_split = "given"
+        parts = [(Xtr, None), (Xva, None)]
     else:
         tr_idx, va_idx = carve_validation(ytr, val_fraction, split_seed)
-        Xtr, Xva, ytr, yva = Xtr[tr_idx], Xtr[va_idx], ytr[tr_idx], ytr[va_idx]
+        parts = [(Xtr, tr_idx), (Xtr, va_idx)]
+        ytr, yva = ytr[tr_idx], ytr[va_idx]
         val_split = "carved" if va_idx.size else "none"
     seen = max(int(ytr.max()), int(yte.max()), int(yva.max()) if yva.size else 0) + 1
     if n_classes is None:
@@ -575,30 +622,27 @@ def evaluate(train_x, train_y, test_x, test_y, val_x=None, val_y=None, *,
         if seen > K:
             raise ValueError(f"labels go up to {seen - 1} but n_classes is {K}")
     have_val = yva.size > 0
+    n_fit = ytr.size
 
-    # One contiguous [train; val] block: train is a prefix view, the refit uses all of it.
-    Xall = np.concatenate([Xtr, Xva]) if have_val else Xtr
+    # One contiguous [train; val] block (train a prefix view, the refit uses all of it), built
+    # in row chunks straight from the caller's arrays: the only copy of the features.
+    clip = variant == "clip"
+    Xall = _gather(parts if have_val else parts[:1], extra=1 if clip else 0)
     yall = np.concatenate([ytr, yva]) if have_val else ytr
-    if variant == "clip":
-        mu = Xall.mean(axis=0, dtype=np.float64)
-        sd = Xall.std(axis=0, dtype=np.float64)
+    if clip:
+        mu, sd = _moments(Xall[:, :-1])
         sd = np.where(sd > 1e-12 * max(float(sd.max()), 1e-300), sd, 1.0)
-
-        def prep(a):  # standardise, then a column of ones for the bias
-            out = np.empty((a.shape[0], a.shape[1] + 1), dtype=np.float32)
-            np.subtract(a, mu, out=out[:, :-1], casting="unsafe")
-            out[:, :-1] /= sd.astype(np.float32)
-            out[:, -1] = 1.0
-            return out
+        _standardize(Xall, mu, sd)
+        Xte_p = _gather([(Xte, None)], extra=1)
+        _standardize(Xte_p, mu, sd)
     else:
-        def prep(a):
-            a = np.array(a, dtype=np.float32)
-            return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+        _l2_normalize(Xall)
+        Xte_p = _gather([(Xte, None)], extra=0)
+        _l2_normalize(Xte_p)
     dev = torch.device(device)
-    tX = torch.from_numpy(prep(Xall)).to(dev)
+    tX = torch.from_numpy(Xall).to(dev)
     ty = torch.from_numpy(yall).to(dev)
-    tXte = torch.from_numpy(prep(Xte)).to(dev)
-    n_fit = Xtr.shape[0]
+    tXte = torch.from_numpy(Xte_p).to(dev)
 
     with torch.no_grad():
         if variant == "clip":
