@@ -344,3 +344,32 @@ def test_accuracy_equals_sklearn_at_the_chosen_C(problem):
     W, b, _ = lp.fit_logistic(z.astype(np.float32), yall, C)
     assert _sk_objective(z, yall, W, b, C) == pytest.approx(
         _sk_objective(z, yall, ref.coef_.T, ref.intercept_, C), rel=1e-3)
+
+
+def test_random_carve_is_clip_benchmarks_random_split():
+    y = np.repeat(np.arange(3), [50, 30, 20])
+    tr, va = lp.carve_validation(y, 0.2, seed=4, carve="random")
+    g = torch.Generator().manual_seed(4)
+    ref = torch.utils.data.random_split(range(100), [0.8, 0.2], generator=g)
+    assert np.array_equal(va, np.sort(ref[1].indices)) and va.size == 20
+    assert np.array_equal(np.sort(np.concatenate([tr, va])), np.arange(100))
+    # not stratified: across seeds the per-class counts vary (stratified always gives 10/6/4)
+    counts = {tuple(np.bincount(y[lp.carve_validation(y, 0.2, s, carve="random")[1]], minlength=3))
+              for s in range(10)}
+    assert len(counts) > 1
+    with pytest.raises(ValueError, match="carve"):
+        lp.carve_validation(y, 0.2, carve="kfold")
+
+
+def test_clip_benchmark_defaults_mean_no_validation_and_no_weight_decay(problem):
+    train, val, test = problem
+    m, d = lp.evaluate(*train, *test, *val, variant="clip-benchmark", clip_benchmark_defaults=True)
+    # the given validation split is ignored: weight decay 0, one fit on train only
+    assert d["val_split"] == "none" and d["weight_decay"] == 0.0 and d["n_fits"] == 1
+    assert d["n_train"] == len(train[1]) and d["n_val"] == 0
+    m0, _ = lp.evaluate(*train, *test, variant="clip-benchmark", val_fraction=0.0)
+    assert m == m0
+    with pytest.raises(ValueError, match="clip-benchmark"):
+        lp.evaluate(*train, *test, clip_benchmark_defaults=True)
+    _, d = lp.evaluate(*train, *test, variant="clip-benchmark", val_fraction=0.25, val_carve="random")
+    assert d["val_split"] == "carved" and d["n_val"] == 150

@@ -67,6 +67,11 @@ PROTOCOLS: dict[str, ProtocolInfo] = {
                                    "share of train carved out for the regularisation search "
                                    "where the dataset has no validation split"),
             "split_seed": Option((int,), 0, None, "seed of the train/validation carve-out"),
+            "val_carve": Option((str,), "stratified", ("stratified", "random"),
+                                "carve-out per class, or CLIP_benchmark's random_split"),
+            "clip_benchmark_defaults": Option((bool,), False, None,
+                                              "probe = 'clip-benchmark' as CLIP_benchmark 1.6 runs "
+                                              "by default: no validation split, weight decay 0"),
         }),
     "verification": ProtocolInfo(
         "verification", ("verification",), "biometric", headline="accuracy",

@@ -60,6 +60,7 @@ from harness import optim
 from harness.protocols.zeroshot import classification_metrics
 
 VARIANTS = ("clip", "clip-benchmark")
+CARVES = ("stratified", "random")
 
 C_GRID = np.logspace(-6, 6, 97)       # CLIP paper: 1e-6..1e6, 96 log steps (8 per decade)
 WD_GRID = np.logspace(-6, 2, 97)      # CLIP_benchmark 1.6's weight decays
@@ -76,7 +77,7 @@ _PARALLEL_LIMIT = 1 << 30             # bytes of per-chain working set up to whi
 # validation carve-out and the regularisation search
 # --------------------------------------------------------------------------------------------
 
-def carve_validation(labels, val_fraction: float = 0.2, seed: int = 0
+def carve_validation(labels, val_fraction: float = 0.2, seed: int = 0, *, carve: str = "stratified"
                      ) -> tuple[np.ndarray, np.ndarray]:
     """Split indices ``0..N-1`` into ``(train_idx, val_idx)``, stratified and deterministic.
 
@@ -84,6 +85,11 @@ def carve_validation(labels, val_fraction: float = 0.2, seed: int = 0
     of them, drawn by ``numpy.random.default_rng(seed)``, to validation; a class with a single
     sample stays in train.  Both index arrays are sorted ascending.  ``val_fraction`` must be in
     ``[0, 1)``; 0 gives an empty validation set.
+
+    ``carve="random"`` is CLIP_benchmark 1.6's ``--val_proportion`` carve-out instead:
+    ``torch.utils.data.random_split(train, [1 - val_fraction, val_fraction])`` -- not
+    stratified -- with a ``torch.Generator`` seeded by ``seed`` (CLIP_benchmark uses the global
+    RNG); the index arrays are sorted.
     """
     y = np.asarray(labels)
     if y.ndim != 1:
@@ -91,6 +97,15 @@ def carve_validation(labels, val_fraction: float = 0.2, seed: int = 0
     vf = float(val_fraction)
     if not 0.0 <= vf < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+    if carve not in CARVES:
+        raise ValueError(f"carve must be one of {', '.join(map(repr, CARVES))}, got {carve!r}")
+    if carve == "random":
+        if vf == 0.0:
+            return np.arange(y.size, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        g = torch.Generator().manual_seed(int(seed))
+        tr, va = torch.utils.data.random_split(range(y.size), [1.0 - vf, vf], generator=g)
+        return (np.sort(np.asarray(tr.indices, dtype=np.int64)),
+                np.sort(np.asarray(va.indices, dtype=np.int64)))
     rng = np.random.default_rng(int(seed))
     val = []
     for c in np.unique(y):
@@ -569,6 +584,7 @@ def _l2_normalize(a: np.ndarray) -> None:
 
 def evaluate(train_x, train_y, test_x, test_y, val_x=None, val_y=None, *,
              variant: str = "clip", val_fraction: float = 0.2, split_seed: int = 0,
+             val_carve: str = "stratified", clip_benchmark_defaults: bool = False,
              device: str | torch.device = "cpu", n_classes: int | None = None,
              max_iter: int = 1000, tol: float = 1e-4, seed: int = 0,
              ) -> tuple[dict[str, float], dict[str, Any]]:
@@ -577,8 +593,13 @@ def evaluate(train_x, train_y, test_x, test_y, val_x=None, val_y=None, *,
     Arrays are numpy arrays or tensors: features ``[N, D]``, labels ``[N]`` ints in
     ``0..n_classes-1`` (``n_classes`` defaults to the largest label seen + 1).  Without
     ``val_x``/``val_y``, a stratified ``val_fraction`` of train chosen by ``split_seed`` is the
-    validation split (see :func:`carve_validation`).  ``max_iter``/``tol`` are the ``clip``
-    probe's L-BFGS limits (scikit-learn's meaning); ``seed`` seeds the ``clip-benchmark`` probe.
+    validation split (see :func:`carve_validation`); ``val_carve="random"`` carves it as
+    CLIP_benchmark's ``--val_proportion`` does (``random_split``, not stratified).
+    ``clip_benchmark_defaults=True`` (``clip-benchmark`` probe only) is CLIP_benchmark 1.6 run
+    without ``--val_split``/``--val_proportion``: no validation split at all (a dataset's own
+    is ignored, nothing is carved), weight decay 0, trained on train.  ``max_iter``/``tol`` are
+    the ``clip`` probe's solver limits (scikit-learn's meaning); ``seed`` seeds the
+    ``clip-benchmark`` probe.
 
     Returns ``(metrics, details)``.  ``metrics``: ``acc1``, ``acc5`` (``n_classes >= 5``),
     ``mean_per_class_recall`` as plain floats.  ``details``: ``variant``; the chosen ``C``
@@ -586,7 +607,8 @@ def evaluate(train_x, train_y, test_x, test_y, val_x=None, val_y=None, *,
     ``"carved"`` or ``"none"``); ``n_train``, ``n_val``; ``val_acc1`` and ``search`` (a list of
     ``(value, validation acc1)`` in evaluation order) when there was a search; ``n_fits``;
     ``seconds``; for ``clip`` also ``search_iterations``, ``final_iterations``,
-    ``final_converged``; ``features`` (the preprocessing applied).
+    ``final_converged``, ``solver`` (``"newton"`` or ``"lbfgs"``); ``features`` (the
+    preprocessing applied).
     """
     t_start = time.perf_counter()
     if variant not in VARIANTS:
@@ -602,6 +624,12 @@ def evaluate(train_x, train_y, test_x, test_y, val_x=None, val_y=None, *,
     yte = _labels(test_y, Xte.shape[0], "test_y")
     if Xte.shape[1] != Xtr.shape[1]:
         raise ValueError(f"test_x has dimension {Xte.shape[1]} but train_x has {Xtr.shape[1]}")
+    if clip_benchmark_defaults and variant != "clip-benchmark":
+        raise ValueError("clip_benchmark_defaults applies to the 'clip-benchmark' probe only, "
+                         f"not {variant!r}")
+    if clip_benchmark_defaults:  # CLIP_benchmark 1.6 without --val_split/--val_proportion
+        val_x = val_y = None
+        val_fraction = 0.0
     if val_x is not None:
         Xva = _features(val_x, "val_x")
         yva = _labels(val_y, Xva.shape[0], "val_y")
@@ -610,7 +638,7 @@ def evaluate(train_x, train_y, test_x, test_y, val_x=None, val_y=None, *,
         val_split = "given"
         parts = [(Xtr, None), (Xva, None)]
     else:
-        tr_idx, va_idx = carve_validation(ytr, val_fraction, split_seed)
+        tr_idx, va_idx = carve_validation(ytr, val_fraction, split_seed, carve=val_carve)
         parts = [(Xtr, tr_idx), (Xtr, va_idx)]
         ytr, yva = ytr[tr_idx], ytr[va_idx]
         val_split = "carved" if va_idx.size else "none"
