@@ -201,7 +201,8 @@ class _ClipProbe:
         cache = 3 * X.shape[0] * self.k * X.element_size() <= _CACHE_BYTES
         self.obj = optim.SoftmaxObjective(X, remap[y], self.k, cache=cache)
         self.solver = solver or optim.choose_solver(self.d1 * self.k)
-        self.memory = optim.LbfgsMemory(self.d1 * self.k, 10, X.dtype, X.device)
+        self.memory = optim.LbfgsMemory(10)
+        self._G_eig: Any = None   # the preconditioner's feature factor (the same for every C)
         self.max_iter, self.tol = max_iter, tol
         self.n_iter = 0
         counts = torch.bincount(remap[y], minlength=self.k).to(X.dtype)
@@ -229,6 +230,8 @@ class _ClipProbe:
             x, info = optim.newton(self.obj, x0.view(-1), max_iter=self.max_iter, tol=self.tol,
                                    z0=warm_z)
         else:
+            pre = optim.KfacPreconditioner(self.obj, x0.view(-1), G_eig=self._G_eig)
+            self._G_eig, self.memory.precond = pre.G_eig, pre
             x, info = optim.lbfgs(self.obj, x0.view(-1), self.memory, max_iter=self.max_iter,
                                   tol=self.tol, z0=warm_z)
         self.n_iter += info["n_iter"]
