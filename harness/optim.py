@@ -35,7 +35,8 @@ search then cost two passes each).
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -165,9 +166,11 @@ class SoftmaxObjective:
         ww, wd, dd = (float(torch.sum(a * b, dtype=torch.float64))
                       for a, b in ((Wx, Wx), (Wx, Wd), (Wd, Wd)))
         lam, n = self.lam, self.n
+        z0 = self._z
+        assert z0 is not None, "start() before line()"
 
         def phi(t: float) -> tuple[float, float]:
-            zt = torch.add(self._z, U, alpha=t)
+            zt = torch.add(z0, U, alpha=t)
             data, r = self._residual(zt, self.y)
             slope = float(torch.sum(r * U, dtype=torch.float64)) / n + lam * (wd + t * dd)
             last.update(t=t, z=zt, r=r)
@@ -191,7 +194,7 @@ class SoftmaxObjective:
         k, d1 = self.k, self.d1
         Wb = x.view(k, d1)
         H = torch.zeros(k * d1, k * d1, dtype=torch.float64, device=self.X.device)
-        step = self.chunk if self.cache else self.chunk
+        step = self.chunk
         for s in range(0, self.n, step):
             Xc = self.X[s:s + step]
             P = torch.softmax(torch.mm(Wb, Xc.t()), dim=0)            # k x c
@@ -426,7 +429,7 @@ def lbfgs(obj: SoftmaxObjective, x0: torch.Tensor, memory: LbfgsMemory, *,
         phi, accept = obj.line(x, d)
         counted = [0]
 
-        def counting_phi(t):
+        def counting_phi(t, phi=phi, counted=counted):
             counted[0] += 1
             return phi(t)
 
@@ -488,7 +491,7 @@ def newton(obj: SoftmaxObjective, x0: torch.Tensor, *, max_iter: int = 1000, tol
         phi, accept = obj.line(x, d)
         counted = [0]
 
-        def counting_phi(t):
+        def counting_phi(t, phi=phi, counted=counted):
             counted[0] += 1
             return phi(t)
 

@@ -51,7 +51,8 @@ import concurrent.futures
 import contextlib
 import math
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -103,14 +104,15 @@ def carve_validation(labels, val_fraction: float = 0.2, seed: int = 0, *, carve:
         if vf == 0.0:
             return np.arange(y.size, dtype=np.int64), np.zeros(0, dtype=np.int64)
         g = torch.Generator().manual_seed(int(seed))
-        tr, va = torch.utils.data.random_split(range(y.size), [1.0 - vf, vf], generator=g)
+        order: Any = range(y.size)
+        tr, va = torch.utils.data.random_split(order, [1.0 - vf, vf], generator=g)
         return (np.sort(np.asarray(tr.indices, dtype=np.int64)),
                 np.sort(np.asarray(va.indices, dtype=np.int64)))
     rng = np.random.default_rng(int(seed))
     val = []
     for c in np.unique(y):
         members = np.flatnonzero(y == c)
-        k = min(int(math.floor(vf * members.size + 0.5)), members.size - 1)
+        k = min(math.floor(vf * members.size + 0.5), members.size - 1)
         perm = rng.permutation(members.size)
         if k > 0:
             val.append(members[perm[:k]])
@@ -147,7 +149,11 @@ def peak_search(n_grid: int, score: Callable[[int], float] | None = None, *,
         new = [i for i in dict.fromkeys(indices) if i not in cache]
         if not new:
             return
-        values = batch(new) if batch is not None else [score(i) for i in new]
+        if batch is not None:
+            values = batch(new)
+        else:
+            assert score is not None
+            values = [score(i) for i in new]
         for i, v in zip(new, values):
             cache[i] = float(v)
             history.append((i, cache[i]))
@@ -291,9 +297,9 @@ def fit_logistic(x, y, C: float, *, n_classes: int | None = None, max_iter: int 
     if chunk is not None:
         probe.obj.cache, probe.obj.chunk = False, max(1, int(chunk))
     with torch.no_grad(), _single_thread_on_cpu(dev, Xa.size * K < _SMALL_PROBLEM):
-        full, info, _ = probe.fit(float(C), None)
-        full[-1, probe.absent] = -math.inf
-    full = full.cpu().numpy()
+        sol, info, _ = probe.fit(float(C), None)
+        sol[-1, probe.absent] = -math.inf
+    full = sol.cpu().numpy()
     return np.ascontiguousarray(full[:-1]), full[-1].copy(), info
 
 
@@ -639,7 +645,7 @@ def evaluate(train_x, train_y, test_x, test_y, val_x=None, val_y=None, *,
         if Xva.shape[1] != Xtr.shape[1]:
             raise ValueError(f"val_x has dimension {Xva.shape[1]} but train_x has {Xtr.shape[1]}")
         val_split = "given"
-        parts = [(Xtr, None), (Xva, None)]
+        parts: list[tuple[np.ndarray, np.ndarray | None]] = [(Xtr, None), (Xva, None)]
     else:
         tr_idx, va_idx = carve_validation(ytr, val_fraction, split_seed, carve=val_carve)
         parts = [(Xtr, tr_idx), (Xtr, va_idx)]
