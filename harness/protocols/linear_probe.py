@@ -68,7 +68,7 @@ WD_GRID = np.logspace(-6, 2, 97)      # CLIP_benchmark 1.6's weight decays
 COARSE_STEP = 16                      # coarse grid: every 16th value (7 values)
 _DEFAULT_C = 1.0                      # no validation data: scikit-learn's default
 _SMALL_PROBLEM = 1 << 24              # n * d * k below which the clip probe runs on one thread
-_LOGITS_CACHE = 1 << 30               # bytes of search logits kept to warm-start without products
+_LOGITS_CACHE = 256 << 20             # bytes of search logits kept to warm-start without products
 _CACHE_BYTES = 256 << 20              # logits of one fit kept in memory up to this (else chunks)
 _PARALLEL_LIMIT = 1 << 30             # bytes of per-chain working set up to which chains run
                                       # side by side (ImageNet-sized problems run one at a time)
