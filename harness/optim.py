@@ -44,7 +44,7 @@ import torch
 _EPS32 = float(np.finfo(np.float32).eps)
 _TINY_P = 1e-30  # below this a float32 probability's log is recomputed from the logits
 NEWTON_MAX_PARAMS = 200    # Newton (exact Hessian) up to this many parameters, L-BFGS above
-DEFAULT_CHUNK = 8192
+DEFAULT_CHUNK = 4096
 
 
 def choose_solver(n_params: int) -> str:
@@ -287,19 +287,19 @@ class KfacPreconditioner:
     largest (``A`` is singular along the all-classes direction of the unpenalised bias).
     """
 
-    def __init__(self, obj: SoftmaxObjective, x0: torch.Tensor, *, sample: int = 16384,
+    def __init__(self, obj: SoftmaxObjective, x0: torch.Tensor, *, sample: int = 8192,
                  G_eig: tuple[torch.Tensor, torch.Tensor] | None = None):
         X, k, d1 = obj.X, obj.k, obj.d1
         stride = max(1, obj.n // sample)
         if G_eig is None:
-            Xs = X[::stride].double()
-            G = Xs.t() @ Xs / Xs.shape[0]
+            Xs = X[::stride]
+            G = (Xs.t() @ Xs).double() / Xs.shape[0]
             G_eig = torch.linalg.eigh(G)
         self.G_eig = G_eig
         lg, Ug = G_eig
         rows = X[::max(1, obj.n // max(1, sample // 4))]
-        P = torch.softmax(torch.mm(x0.view(k, d1), rows.t()), dim=0).double()   # k x m
-        A = torch.diag(P.mean(dim=1)) - P @ P.t() / P.shape[1]
+        P = torch.softmax(torch.mm(x0.view(k, d1), rows.t()), dim=0)   # k x m
+        A = (torch.diag(P.mean(dim=1)) - P @ P.t() / P.shape[1]).double()
         la, Ua = torch.linalg.eigh(A)
         la = la.clamp_min(1e-3 * float(la.max()))
         lg = lg.clamp_min(1e-6 * float(lg.max()))

@@ -35,7 +35,7 @@ however many trial steps it takes; the search runs as two chains of fits, side b
 
 Memory: the labelled features are copied once (standardised, with the bias's column of ones),
 in row chunks straight from the caller's arrays.  Where ``n x K`` logits would exceed 256 MB
-the objective works in row chunks of 8,192 samples and validation accuracies are counted chunk
+the objective works in row chunks of 4,096 samples and validation accuracies are counted chunk
 by chunk, so no ``n x K`` tensor is alive: the peak is the features, their copy, and
 ``O(chunk x K)`` plus ``O((d + 1) K)`` per stored solution and curvature pair.  (The test
 logits, ``n_test x K``, are made whole for the metrics.)
