@@ -158,8 +158,9 @@ def test_objective_survives_probability_underflow():
 
 
 def test_chains_give_the_same_result_on_one_or_two_threads(monkeypatch):
-    # big enough (n * d * k >= 2**24) that the probe does not force one thread
+    # big enough (n * d * k >= _SMALL_PROBLEM) that the probe does not force one thread
     (x, y), (xv, yv), (xt, yt) = gaussian_classes(7, 70, 64, (4000, 1000, 500), 0.3)
+    monkeypatch.setattr(lp, "_SMALL_PROBLEM", 1 << 20)  # this size counts as big here
     assert 5000 * 65 * 70 >= lp._SMALL_PROBLEM
     pools = []
     real_pool = lp.concurrent.futures.ThreadPoolExecutor
