@@ -10,9 +10,10 @@ Two variants (``variant=``, the suite's ``probe`` option):
 logistic regression with an L2 penalty on the weights (not on the bias), in scikit-learn's
 convention ``min 0.5 * ||W||^2 + C * sum_i CE_i`` so that ``C`` means what it means to
 ``sklearn.linear_model.LogisticRegression``.  The solvers live in :mod:`harness.optim`, chosen by
-size: Newton with the exact Hessian for at most ``optim.NEWTON_MAX_PARAMS`` parameters
-``(d + 1) * K``, else full-batch L-BFGS preconditioned by a Kronecker-factored Hessian
-approximation (memory 10, strong-Wolfe line search); both run at most ``max_iter`` iterations and
+size (:func:`harness.optim.choose_solver`): Newton with the exact Hessian for at most
+``optim.NEWTON_MAX_PARAMS`` parameters ``(d + 1) * K`` (0: measured, the preconditioned L-BFGS
+was faster at every size tried), else full-batch L-BFGS preconditioned by a Kronecker-factored
+Hessian approximation (memory 10, strong-Wolfe line search); both run at most ``max_iter`` iterations and
 stop when the largest gradient entry of the per-sample-averaged objective is ``<= tol`` --
 scikit-learn's lbfgs criterion -- in torch: float32 tensors (values and reductions accumulated in
 float64), on ``device``.  ``C`` is
