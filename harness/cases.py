@@ -1,8 +1,8 @@
 """The case: one model x dataset x protocol, and what runs it needs without pytest.
 
 :class:`CaseSpec` is the identity of a case (its id ``model-dataset`` is what pytest shows
-after ``test_<protocol>``); :func:`resolve_device` / :func:`check_device` choose and check the
-device; :func:`timed` runs a protocol computation and reports how long it took.  Used by the
+after ``test_<protocol>``); :func:`timed` runs a protocol computation and reports how long it
+took.  (Devices: :mod:`harness.devices`.)  Used by the
 plugin (parametrization, scheduling, results) and by the fixtures, which import it from here
 rather than from the plugin.
 """
@@ -14,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from harness.errors import HarnessError
 
 
 @dataclass(frozen=True)
@@ -35,49 +34,6 @@ class CaseSpec:
 
     def where(self) -> str:
         return f"{self.protocol} {self.model}/{self.dataset}"
-
-
-DEVICE_FORMS = "cpu, cuda, cuda:N or mps"
-
-
-def check_device(requested: str | None) -> None:
-    """Raise :class:`HarnessError` (one line) when ``--device`` names a device that is absent.
-
-    Imports torch only when a device other than ``cpu`` is requested."""
-    if not requested or requested == "cpu":
-        return
-    kind, _, index = requested.partition(":")
-    if kind not in ("cuda", "mps") or (index and (kind != "cuda" or not index.isdigit())):
-        raise HarnessError(f"--device {requested}: expected {DEVICE_FORMS}")
-    import torch
-
-    if kind == "cuda":
-        if not torch.cuda.is_available():
-            raise HarnessError(f"--device {requested}: CUDA is not available on this machine "
-                               f"(torch {torch.__version__}); use --device cpu or omit --device")
-        n = torch.cuda.device_count()
-        if index and int(index) >= n:
-            raise HarnessError(f"--device {requested}: this machine has {n} CUDA device(s), "
-                               f"cuda:0..cuda:{n - 1}")
-    else:
-        mps = getattr(torch.backends, "mps", None)
-        if mps is None or not mps.is_available():
-            raise HarnessError(f"--device {requested}: MPS is not available on this machine; "
-                               "use --device cpu or omit --device")
-
-
-def resolve_device(requested: str | None) -> str:
-    """``--device`` as given, else the best available: cuda, then mps, then cpu."""
-    if requested:
-        return requested
-    import torch
-
-    if torch.cuda.is_available():
-        return "cuda"
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        return "mps"
-    return "cpu"
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,49 @@ import re
 
 from harness.errors import HarnessError
 
-_LIST = re.compile(r"^(cuda|cpu|mps)(?::(\d+(?:,\d+)*))?$")
+_LIST = re.compile(r"^(cpu|mps)$|^(cuda)(?::(\d+(?:,\d+)*))?$")
+
+
+DEVICE_FORMS = "cpu, cuda, cuda:N, cuda:N,M,... or mps"
+
+
+def resolve_device(requested: str | None) -> str:
+    """``--device`` as given, else the best available: cuda, then mps, then cpu."""
+    if requested:
+        return requested
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def check_device(requested: str | None) -> None:
+    """Raise :class:`HarnessError` (one line) when ``--device`` names a device that is absent.
+
+    Imports torch only when a device other than ``cpu`` is requested."""
+    if not requested or requested == "cpu":
+        return
+    kind, ids = parse_device(requested)
+    import torch
+
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise HarnessError(f"--device {requested}: CUDA is not available on this machine "
+                               f"(torch {torch.__version__}); use --device cpu or omit --device")
+        n = torch.cuda.device_count()
+        bad = [i for i in ids or [] if i >= n]
+        if bad:
+            raise HarnessError(f"--device {requested}: this machine has {n} CUDA device(s), "
+                               f"cuda:0..cuda:{n - 1}")
+    else:
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise HarnessError(f"--device {requested}: MPS is not available on this machine; "
+                               "use --device cpu or omit --device")
 
 
 def worker_index(worker_id: str | None) -> int | None:
@@ -31,8 +73,10 @@ def parse_device(text: str) -> tuple[str, list[int] | None]:
     """``"cuda:0,2"`` -> ("cuda", [0, 2]); ``"cuda"`` -> ("cuda", None)."""
     m = _LIST.match(text.strip())
     if not m:
-        raise HarnessError(f"--device {text}: expected cpu, cuda, cuda:N, cuda:N,M,... or mps")
-    return m.group(1), None if m.group(2) is None else [int(x) for x in m.group(2).split(",")]
+        raise HarnessError(f"--device {text}: expected {DEVICE_FORMS}")
+    if m.group(1):
+        return m.group(1), None
+    return "cuda", None if m.group(3) is None else [int(x) for x in m.group(3).split(",")]
 
 
 def pick_device(requested: str, worker: int | None, cuda_count: int) -> str:
@@ -45,8 +89,6 @@ def pick_device(requested: str, worker: int | None, cuda_count: int) -> str:
         if worker is not None and cuda_count > 1:
             return f"cuda:{k % cuda_count}"
         return "cuda"
-    if ids:
-        return f"{kind}:{ids[k % len(ids)]}"
     return kind
 
 

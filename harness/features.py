@@ -530,9 +530,11 @@ class FeatureCache:
         return self.features_many([(model, flip)], split, batch_size, num_workers, progress)[0]
 
     def features_many(self, requests: list[tuple[Any, bool]], split, batch_size: int = 128,
-                      num_workers: int | None = None, progress: bool = False) -> list[Features]:
+                      num_workers: int | None = None, progress: bool = False,
+                      extractor: Callable[..., list[Features]] | None = None) -> list[Features]:
         """Features of ``split`` for every (model, flip), extracting those not cached in ONE pass
-        over the images (:func:`extract_many`), each committed chunk by chunk to its own entry."""
+        over the images (``extractor``, default :func:`extract_many`; the Ray engine passes its
+        own), each committed chunk by chunk to its own entry."""
         keys = [self.key(m, split, flip) for m, flip in requests]
         out: list[Features | None] = [None] * len(requests)
         for i, key in enumerate(keys):
@@ -566,8 +568,9 @@ class FeatureCache:
                     which.append(i)
                 if needs:
                     self.extractions += 1
-                    got = extract_many(needs, split, batch_size, num_workers, progress,
-                                       self.chunk_rows, self.store.write_failed)
+                    got = (extractor or extract_many)(needs, split, batch_size, num_workers,
+                                                      progress, self.chunk_rows,
+                                                      self.store.write_failed)
                     for i, f in zip(which, got):
                         f.key = keys[i]
                         self._remember(keys[i], f)

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.cases import CaseSpec, check_device, resolve_device
+from harness.cases import CaseSpec
+from harness.devices import check_device, resolve_device
 from harness.errors import HarnessError
 from harness.gates import check_options, load_baseline, validate_gates
 from harness.protocols import PROTOCOLS, markers
@@ -39,7 +40,7 @@ DETAILS_PROP = "harness_details"  # user_properties: {key: plain value}
 LOAD_PROP = "harness_model_load"  # user_properties: model id, on the case that loaded it
 _NO_CASES = "no-cases"            # the id of a benchmark function's stand-in when it has none
 
-__all__ = ["CaseSpec", "resolve_device", "HarnessSession"]  # CaseSpec, resolve_device: harness.cases
+__all__ = ["CaseSpec", "resolve_device", "HarnessSession"]  # from harness.cases, harness.devices
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -72,6 +73,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="compare against an earlier run's results (with --max-drop)")
     g.addoption("--max-drop", type=float, default=None, metavar="POINTS",
                 help="fail cases that lost more than POINTS percentage points against --baseline")
+    g.addoption("--engine", default="inprocess", choices=("inprocess", "ray"),
+                help="where the feature stage runs: this process (default) or Ray Data "
+                     "(pip install 'tradeoff-bench[ray]')")
+    g.addoption("--ray-address", default=None, metavar="HOST:PORT",
+                help="--engine ray: join this Ray cluster (default: start or join a local Ray)")
+    g.addoption("--shard", default=None, metavar="I/N",
+                help="run a deterministic share I of N of the selected cases (grouped by model); "
+                     "join the shards' results with tradeoff-bench-merge")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -82,6 +91,7 @@ def pytest_configure(config: pytest.Config) -> None:
         if config.getoption("--baseline"):
             load_baseline(config.getoption("--baseline"))
         check_device(config.getoption("--device"))
+        _check_scale_out(config)
     except HarnessError as e:
         raise pytest.UsageError(str(e)) from None
     session = HarnessSession(config)
@@ -93,6 +103,30 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(harness_fixtures, "tradeoff-bench-fixtures")
     if any(str(a).startswith("--suite") for a in config.invocation_params.args):
         session.suite  # an explicitly chosen suite is validated up front: a usage error, exit 4
+
+
+def _check_scale_out(config: pytest.Config) -> None:
+    """--shard, --engine ray and --ray-address: usage errors before anything runs."""
+    shard = config.getoption("--shard")
+    if shard:
+        from harness.shard import claim_results_dir, parse_shard
+
+        i, n = parse_shard(shard)
+        rd = config.getoption("--results-dir")
+        if rd and not hasattr(config, "workerinput"):
+            claim_results_dir(Path(rd).expanduser(), i, n)
+    if config.getoption("--engine") == "ray":
+        import importlib.util
+
+        from harness.ray_engine import RayUnavailable, check_address
+
+        if importlib.util.find_spec("ray") is None:
+            raise RayUnavailable("--engine ray needs Ray: pip install 'tradeoff-bench[ray]' "
+                                 "(or pip install 'ray[data]')")
+        if config.getoption("--ray-address"):
+            check_address(config.getoption("--ray-address"))
+    elif config.getoption("--ray-address"):
+        raise HarnessError("--ray-address needs --engine ray")
 
 
 def feature_cache_dir(config: pytest.Config) -> Path:
@@ -220,6 +254,18 @@ class HarnessSession:
         if empty:
             items[:] = [it for it in items if not _is_no_cases(it)]
             config.hook.pytest_deselected(items=empty)
+        shard = config.getoption("--shard")
+        if shard:
+            from harness.shard import assign, parse_shard
+
+            i_shard, n_shard = parse_shard(shard)
+            mine = assign([s.key for it in items if (s := _case_of_item(it)) is not None], n_shard)
+            other = [it for it in items if (s := _case_of_item(it)) is not None
+                     and mine[s.key] != i_shard]
+            if other:
+                keep = set(map(id, other))
+                items[:] = [it for it in items if id(it) not in keep]
+                config.hook.pytest_deselected(items=other)
         specs = {i: spec for i, it in enumerate(items) if (spec := _case_of_item(it)) is not None}
         if not specs:
             return
@@ -257,6 +303,8 @@ class HarnessSession:
                 "torch": _version("torch"),
                 "open_clip": _version("open_clip_torch"),
                 "device": self.config.getoption("--device") or "auto",
+                "engine": self.config.getoption("--engine"),
+                "shard": self.config.getoption("--shard"),
                 "git_commit": _git_commit(Path(self.config.rootpath)),
             }
             self.store = ResultStore(rd / "results.json", run,

@@ -149,24 +149,26 @@ def extract_many_ray(specs: Sequence[Any], flips: Sequence[bool], pres: Sequence
                      device: str = "cpu", autocast: bool = False, batch_size: int = 128,
                      actors: int | None = None, gpus_per_actor: float | None = None,
                      address: str | None = None,
-                     on_batch: Callable[[np.ndarray, list[np.ndarray], np.ndarray], None] | None = None
-                     ) -> list:
+                     on_batch: Callable[[np.ndarray, list[np.ndarray], np.ndarray], None] | None = None,
+                     rows: np.ndarray | None = None) -> list:
     """Features of ``split`` for each (spec, flip), preprocessed with ``pres[k]``.
 
     ``pres[k]`` is the :class:`~harness.models.preprocess.Preprocess` of ``specs[k]`` (known to
-    the driver from the model description cache, so that decoding needs no model)."""
+    the driver from the model description cache, so that decoding needs no model).  ``rows``:
+    only these image indices go through the pipeline (the others are resumed from the store by
+    the caller and stay zero here)."""
     from harness.features import Features
-    from harness.stage import Need, _groups
+    from harness.features import Need, _preprocess_groups
 
     ray = ensure_ray(address)
     if not specs:
         return []
 
-    class _P:  # _groups reads need.model.preprocess
+    class _P:  # _preprocess_groups reads need.model.preprocess
         def __init__(self, pre):
             self.preprocess = pre
 
-    distinct, index = _groups([Need(_P(p)) for p in pres])
+    distinct, index = _preprocess_groups([Need(_P(p)) for p in pres])
     n = len(split)
     if gpus_per_actor is None:
         gpus_per_actor = 1.0 if str(device).startswith("cuda") else 0.0
@@ -174,7 +176,15 @@ def extract_many_ray(specs: Sequence[Any], flips: Sequence[bool], pres: Sequence
         gpus = int(ray.cluster_resources().get("GPU", 0)) if gpus_per_actor else 0
         actors = max(1, int(gpus / gpus_per_actor)) if gpus_per_actor and gpus else 1
     t0 = time.perf_counter()
-    ds = ray.data.range(n, override_num_blocks=max(1, min(n, -(-n // batch_size))))
+    ids_todo = np.arange(n, dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
+    m = len(ids_todo)
+    if m == 0:
+        from harness.features import Features as _F
+
+        return [_F(np.zeros((n, 0), dtype=np.float32), split.labels, np.ones(n, dtype=bool), [],
+                   0.0, False) for _ in specs]
+    ds = ray.data.from_items([{"id": int(i)} for i in ids_todo],
+                             override_num_blocks=max(1, min(m, -(-m // batch_size))))
     ds = ds.map_batches(_decode, fn_kwargs={"split": split, "pres": list(distinct)},
                         batch_size=batch_size)
     ds = ds.map_batches(_Embed, fn_constructor_args=(list(specs), index, list(flips), device,
@@ -203,4 +213,90 @@ def extract_many_ray(specs: Sequence[Any], flips: Sequence[bool], pres: Sequence
         result.append(Features(x, split.labels, valid.copy(), list(bad), seconds, False,
                                loader={"engine": "ray", "actors": actors,
                                        "distinct_preprocessing": len(distinct)}))
+    return result
+
+
+def extract_many_ray_needs(needs, split, batch_size: int = 128, num_workers: int | None = None,
+                           progress: bool = False, chunk_rows: int = 4096,
+                           on_write_error: Callable[[OSError], None] | None = None,
+                           address: str | None = None) -> list:
+    """:func:`harness.features.extract_many`'s contract on Ray: resumes each need's committed
+    chunks, sends only the rows some need lacks through the pipeline, and commits each chunk of
+    each need to the store as soon as all its rows have streamed back."""
+    from harness.features import Features, _chunk_plan, _item_name, _missing_ranges
+
+    n = len(split)
+    K = len(needs)
+    writers = [nd.writer for nd in needs]
+    outs: list[np.ndarray | None] = [None] * K
+    valids = [np.ones(n, dtype=bool) for _ in range(K)]
+    lacks = [np.ones(n, dtype=bool) for _ in range(K)]
+    for k, w in enumerate(writers):
+        for c in (w.completed() if w is not None else []):
+            if outs[k] is None:
+                outs[k] = np.zeros((n, c.x.shape[1]), dtype=np.float32)
+            outs[k][c.start:c.stop] = c.x  # type: ignore[index]
+            valids[k][c.start:c.stop] = c.valid
+            lacks[k][c.start:c.stop] = False
+    rows_per_chunk = max(batch_size, (max(chunk_rows, 1) // batch_size) * batch_size)
+    todo = np.flatnonzero(np.any(np.stack(lacks), axis=0)) if K else np.zeros(0, np.int64)
+    chunks = _chunk_plan(_missing_ranges(n, []), rows_per_chunk)
+    filled = np.zeros(len(chunks), dtype=np.int64)
+    already = np.zeros(len(chunks), dtype=np.int64)
+    starts = np.array([a for a, _ in chunks], dtype=np.int64)
+    for j, (a, e) in enumerate(chunks):
+        already[j] = (e - a) - int(np.count_nonzero(np.isin(np.arange(a, e), todo)))
+
+    def commit(j: int) -> None:
+        a, e = chunks[j]
+        for k in range(K):
+            w, out = writers[k], outs[k]
+            if w is None or out is None or not lacks[k][a]:
+                continue
+            v = valids[k][a:e]
+            x = out[a:e].copy()
+            x[~v] = 0.0
+            try:
+                w.write_chunk(a, x, v, [_item_name(split, int(i)) for i in a + np.flatnonzero(~v)])
+            except OSError as err:
+                writers[k] = None
+                if on_write_error is not None:
+                    on_write_error(err)
+
+    def on_batch(ids: np.ndarray, feats: list[np.ndarray], ok: np.ndarray) -> None:
+        for k, f in enumerate(feats):
+            if outs[k] is None:
+                outs[k] = np.zeros((n, f.shape[1]), dtype=np.float32)
+            sel = lacks[k][ids]
+            outs[k][ids[sel]] = f[sel]  # type: ignore[index]
+            valids[k][ids[sel]] = ok[sel]
+        js = np.searchsorted(starts, ids, side="right") - 1
+        for j in np.unique(js):
+            filled[j] += int(np.count_nonzero(js == j))
+            if filled[j] + already[j] == chunks[j][1] - chunks[j][0]:
+                commit(int(j))
+
+    specs = [nd.model.spec for nd in needs]
+    flips = [nd.flip for nd in needs]
+    pres = [nd.model.preprocess for nd in needs]
+    model0 = needs[0].model
+    got = extract_many_ray(specs, flips, pres, split, device=str(model0.device),
+                           autocast=getattr(model0, "autocast", None), batch_size=batch_size,
+                           address=address, on_batch=on_batch, rows=todo)
+    seconds = got[0].seconds if got else 0.0
+    result = []
+    for k in range(K):
+        out = outs[k] if outs[k] is not None else np.zeros((n, 0), dtype=np.float32)
+        valid = valids[k]
+        out[~valid] = 0.0
+        bad = [_item_name(split, int(i)) for i in np.flatnonzero(~valid)]
+        if writers[k] is not None:
+            try:
+                writers[k].finish({"bad_items": bad, "seconds": seconds, "n_rows": n}, out, valid)  # type: ignore[union-attr]
+            except OSError as err:
+                if on_write_error is not None:
+                    on_write_error(err)
+        result.append(Features(out, split.labels, valid, bad, seconds, False,
+                               loader={"engine": "ray", "decoded_rows": int(len(todo)),
+                                       "resumed_rows": int(n - np.count_nonzero(lacks[k]))}))
     return result

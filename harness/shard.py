@@ -61,3 +61,27 @@ def assign(cases: Sequence[tuple[str, str, str]], n: int) -> dict[tuple[str, str
         for c in g:
             out[c] = k + 1
     return out
+
+
+def claim_results_dir(folder, i: int, n: int) -> None:
+    """Refuse a results folder that another shard of the array writes to.
+
+    The first shard to use the folder leaves ``.shard`` (``I/N``) in it, created exclusively;
+    a different shard finding it there is a usage error (the same shard re-running is fine)."""
+    import os
+    from pathlib import Path
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    marker = folder / ".shard"
+    me = f"{i}/{n}"
+    try:
+        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except FileExistsError:
+        other = marker.read_text(encoding="utf-8").strip()
+        if other != me:
+            raise ShardError(f"--results-dir {folder}: already used by shard {other}; give each "
+                             f"shard its own folder (e.g. results/shard-{i}-of-{n})") from None
+        return
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(me + "\n")

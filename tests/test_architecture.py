@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from harness import protocols as P
-from harness.cases import CaseSpec, check_device, timed
+from harness.cases import CaseSpec, timed
+from harness.devices import check_device
 from harness.errors import HarnessError, SuiteError
 from harness.gates import check_options, drop_failures, gate_failures, load_baseline, validate_gates
 from harness.scoring import DEFAULT_PROMPTS, ScoringUnavailable, dev_source, score, text_prompts
@@ -93,7 +94,7 @@ def test_check_device():
     check_device(None)
     check_device("cpu")
     for bad in ("tpu", "cuda:x", "mps:1", "cpu:0"):
-        with pytest.raises(HarnessError, match=f"--device {bad}: expected cpu, cuda, cuda:N or mps"):
+        with pytest.raises(HarnessError, match=f"--device {bad}: expected cpu, cuda, cuda:N, cuda:N,M,... or mps"):
             check_device(bad)
     import torch
 

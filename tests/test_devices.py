@@ -25,7 +25,7 @@ def test_pick_device(req, worker, n, expected):
     assert pick_device(req, worker, n) == expected
 
 
-@pytest.mark.parametrize("bad", ["gpu", "cuda:", "cuda:a", "cuda:0,,1", ""])
+@pytest.mark.parametrize("bad", ["gpu", "cuda:", "cuda:a", "cuda:0,,1", "", "cpu:0", "mps:1"])
 def test_bad_device(bad):
     with pytest.raises(HarnessError, match="expected cpu, cuda"):
         parse_device(bad)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from harness import optim
 from harness.protocols import linear_probe as lp
 
 sklearn_lm = pytest.importorskip("sklearn.linear_model")
@@ -47,7 +48,7 @@ def sklearn_clip_probe(train, val, test):
     (xtr, ytr), (xva, yva), (xte, yte) = train, val, test
     xall = np.concatenate([xtr, xva]).astype(np.float64)
     mu, sd = xall.mean(0), xall.std(0)
-    z = lambda a: (a - mu) / sd  # noqa: E731
+    z = lambda a: (a - mu) / sd
 
     def fit(C, x, y):
         with warnings.catch_warnings():
@@ -81,7 +82,7 @@ def test_fit_logistic_matches_sklearn_solution():
             warnings.simplefilter("ignore")
             ref = sklearn_lm.LogisticRegression(C=C, max_iter=1000).fit(x, y)
 
-        def objective(W, b):
+        def objective(W, b, C=C):
             z = x.astype(np.float64) @ W + b
             z -= z.max(1, keepdims=True)
             ce = np.log(np.exp(z).sum(1)) - z[np.arange(len(y)), y]
@@ -117,10 +118,10 @@ def test_peak_search_finds_the_peak_with_few_evaluations():
 
 
 def test_peak_search_ties():
-    flat = lambda i: 1.0  # noqa: E731
+    flat = lambda i: 1.0
     assert lp.peak_search(97, flat, ties="incumbent")[0] == 0
     # CLIP_benchmark: strict '>' over [left, best, right]: a tied left neighbour wins
-    plateau = lambda i: 1.0 if 40 <= i <= 60 else 0.0  # noqa: E731
+    plateau = lambda i: 1.0 if 40 <= i <= 60 else 0.0
     assert lp.peak_search(97, plateau, ties="incumbent")[0] == 48
     assert lp.peak_search(97, plateau, ties="first")[0] == 40
     with pytest.raises(ValueError, match="ties"):
@@ -147,8 +148,8 @@ def test_objective_survives_probability_underflow():
     # logits 300 apart: float32 softmax gives exactly 0 for the true class of row 0
     X = torch.tensor([[1.0, 1.0], [1.0, 1.0]])          # one feature and the bias column
     y = torch.tensor([0, 1])
-    obj = lp._SoftmaxObjective(X, y, 2)
-    theta = torch.tensor([0.0, 300.0, 0.0, 0.0])        # W = [0, 300], b = [0, 0]
+    obj = optim.SoftmaxObjective(X, y, 2)
+    theta = torch.tensor([0.0, 0.0, 300.0, 0.0])        # class-major [w, b] rows: W = [0, 300]
     f, g = obj.start(theta)
     z = np.array([[0.0, 300.0], [0.0, 300.0]])
     ce = np.log(np.exp(z - 300).sum(1)) + 300 - z[[0, 1], [0, 1]]
@@ -157,8 +158,9 @@ def test_objective_survives_probability_underflow():
 
 
 def test_chains_give_the_same_result_on_one_or_two_threads(monkeypatch):
-    # big enough (n * d * k >= 2**24) that the probe does not force one thread
+    # big enough (n * d * k >= _SMALL_PROBLEM) that the probe does not force one thread
     (x, y), (xv, yv), (xt, yt) = gaussian_classes(7, 70, 64, (4000, 1000, 500), 0.3)
+    monkeypatch.setattr(lp, "_SMALL_PROBLEM", 1 << 20)  # this size counts as big here
     assert 5000 * 65 * 70 >= lp._SMALL_PROBLEM
     pools = []
     real_pool = lp.concurrent.futures.ThreadPoolExecutor
@@ -214,7 +216,7 @@ def test_clip_variant_is_deterministic(problem):
     train, val, test = problem
     a = lp.evaluate(*train, *test, *val)
     b = lp.evaluate(*train, *test, *val)
-    drop = lambda d: {k: v for k, v in d.items() if k != "seconds"}  # noqa: E731
+    drop = lambda d: {k: v for k, v in d.items() if k != "seconds"}
     assert a[0] == b[0] and drop(a[1]) == drop(b[1])
     assert all(type(v) is float for v in a[0].values())
 
@@ -270,3 +272,106 @@ def test_clip_variant_on_cuda_matches_cpu(problem):
     assert abs(m_gpu["acc1"] - m_cpu["acc1"]) <= 0.003
     m_b, _ = lp.evaluate(*train, *test, *val, variant="clip-benchmark", device="cuda")
     assert m_b["acc1"] > 0.5
+
+
+def _sk_objective(x, y, W, b, C):
+    """scikit-learn's objective ``sum_i CE_i + 0.5 / C * ||W||^2`` in float64, from the definition."""
+    z = x.astype(np.float64) @ np.asarray(W, np.float64) + b
+    z -= z.max(1, keepdims=True)
+    ce = np.log(np.exp(z).sum(1)) - z[np.arange(len(y)), y]
+    return ce.sum() + 0.5 / C * np.sum(np.asarray(W, np.float64) ** 2)
+
+
+@pytest.mark.parametrize("solver", ["newton", "lbfgs"])
+@pytest.mark.parametrize("chunk", [None, 97])
+def test_both_solvers_and_chunking_reach_sklearns_optimum(solver, chunk):
+    (x, y), = gaussian_classes(5, 6, 10, (900,), 0.7)   # p = 6 * 11 = 66: Newton's size
+    # measured: the preconditioned L-BFGS beats exact Newton at every size tried
+    assert optim.choose_solver(66) == "lbfgs" and optim.NEWTON_MAX_PARAMS == 0
+    for C in (1e-2, 1.0, 100.0):
+        W, b, info = lp.fit_logistic(x, y, C, solver=solver, chunk=chunk)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ref = sklearn_lm.LogisticRegression(C=C, max_iter=1000, tol=1e-8).fit(x, y)
+        assert info["converged"] and info["solver"] == solver
+        f_ours = _sk_objective(x, y, W, b, C)
+        f_ref = _sk_objective(x, y, ref.coef_.T, ref.intercept_, C)
+        # the reference is solved to 1e-8: ours (max|grad| <= 1e-4 of the mean) is never below it
+        # by more than rounding, and above it by at most the order of that tolerance
+        assert f_ref - 1e-6 * abs(f_ref) <= f_ours <= f_ref * (1 + 1e-4)
+        assert np.mean((x @ W + b).argmax(1) == ref.predict(x)) >= 0.995
+    if solver == "newton":
+        assert info["n_iter"] <= 15  # quadratic convergence: a handful of steps
+
+
+def test_chunked_objective_equals_cached():
+    (x, y), = gaussian_classes(6, 7, 5, (301,), 1.0)
+    X = torch.from_numpy(np.hstack([x, np.ones((301, 1), np.float32)]))
+    yt = torch.from_numpy(y)
+    theta = torch.from_numpy(np.random.default_rng(0).normal(size=7 * 6).astype(np.float32))
+    a = optim.SoftmaxObjective(X, yt, 7, cache=True)
+    c = optim.SoftmaxObjective(X, yt, 7, cache=False, chunk=50)
+    a.lam = c.lam = 0.01
+    fa, ga = a.start(theta)
+    fc, gc = c.start(theta)
+    # from the definition: mean CE + 0.5 lam ||W||^2, bias (last of each class row) unpenalised
+    Wb = theta.numpy().reshape(7, 6).astype(np.float64)
+    f_def = _sk_objective(x, y, Wb[:, :-1].T, Wb[:, -1], 1.0) / 301
+    f_def += 0.5 * 0.01 * np.sum(Wb[:, :-1] ** 2) - 0.5 * np.sum(Wb[:, :-1] ** 2) / 301
+    assert fa == pytest.approx(f_def, rel=1e-6) and fc == pytest.approx(f_def, rel=1e-6)
+    assert torch.allclose(ga, gc, atol=1e-6)
+    # the Hessian against finite differences of the gradient, and chunk-invariant
+    H = a.hessian(theta)
+    assert torch.allclose(H, c.hessian(theta), atol=1e-6)
+    v = torch.from_numpy(np.random.default_rng(1).normal(size=42).astype(np.float32))
+    eps = 1e-2
+    fd = (c.value_grad(theta + eps * v)[1].double() - c.value_grad(theta - eps * v)[1].double()) / (2 * eps)
+    assert torch.allclose(H @ v.double(), fd, atol=2e-3)
+
+
+def test_accuracy_equals_sklearn_at_the_chosen_C(problem):
+    """The refit at the C the probe picks, against scikit-learn at that same C on the same
+    standardised train+val features: test accuracy within 0.1 point, objective within 1e-3."""
+    train, val, test = problem
+    metrics, details = lp.evaluate(*train, *test, *val)
+    xall = np.concatenate([train[0], val[0]]).astype(np.float64)
+    yall = np.concatenate([train[1], val[1]])
+    mu, sd = xall.mean(0), xall.std(0)
+    z, zt = (xall - mu) / sd, (test[0] - mu) / sd
+    C = details["C"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = sklearn_lm.LogisticRegression(C=C, solver="lbfgs", max_iter=1000).fit(z, yall)
+    assert abs(metrics["acc1"] - ref.score(zt, test[1])) <= 0.001
+    W, b, _ = lp.fit_logistic(z.astype(np.float32), yall, C)
+    assert _sk_objective(z, yall, W, b, C) == pytest.approx(
+        _sk_objective(z, yall, ref.coef_.T, ref.intercept_, C), rel=1e-3)
+
+
+def test_random_carve_is_clip_benchmarks_random_split():
+    y = np.repeat(np.arange(3), [50, 30, 20])
+    tr, va = lp.carve_validation(y, 0.2, seed=4, carve="random")
+    g = torch.Generator().manual_seed(4)
+    ref = torch.utils.data.random_split(range(100), [0.8, 0.2], generator=g)
+    assert np.array_equal(va, np.sort(ref[1].indices)) and va.size == 20
+    assert np.array_equal(np.sort(np.concatenate([tr, va])), np.arange(100))
+    # not stratified: across seeds the per-class counts vary (stratified always gives 10/6/4)
+    counts = {tuple(np.bincount(y[lp.carve_validation(y, 0.2, s, carve="random")[1]], minlength=3))
+              for s in range(10)}
+    assert len(counts) > 1
+    with pytest.raises(ValueError, match="carve"):
+        lp.carve_validation(y, 0.2, carve="kfold")
+
+
+def test_clip_benchmark_defaults_mean_no_validation_and_no_weight_decay(problem):
+    train, val, test = problem
+    m, d = lp.evaluate(*train, *test, *val, variant="clip-benchmark", clip_benchmark_defaults=True)
+    # the given validation split is ignored: weight decay 0, one fit on train only
+    assert d["val_split"] == "none" and d["weight_decay"] == 0.0 and d["n_fits"] == 1
+    assert d["n_train"] == len(train[1]) and d["n_val"] == 0
+    m0, _ = lp.evaluate(*train, *test, variant="clip-benchmark", val_fraction=0.0)
+    assert m == m0
+    with pytest.raises(ValueError, match="clip-benchmark"):
+        lp.evaluate(*train, *test, clip_benchmark_defaults=True)
+    _, d = lp.evaluate(*train, *test, variant="clip-benchmark", val_fraction=0.25, val_carve="random")
+    assert d["val_split"] == "carved" and d["n_val"] == 150

@@ -56,3 +56,12 @@ def test_balance_by_case_count():
     a = assign(cases, 2)
     loads = [list(a.values()).count(k) for k in (1, 2)]
     assert loads == [6, 6]
+
+
+def test_a_results_dir_is_claimed_by_one_shard(tmp_path):
+    from harness.shard import claim_results_dir
+
+    claim_results_dir(tmp_path / "r", 1, 2)
+    claim_results_dir(tmp_path / "r", 1, 2)  # the same shard again: fine
+    with pytest.raises(ShardError, match=r"already used by shard 1/2"):
+        claim_results_dir(tmp_path / "r", 2, 2)

@@ -158,6 +158,11 @@ PROTOCOLS: dict[str, ProtocolInfo] = {
                                    "where the dataset has no validation split"),
             "split_seed": Option((int,), 0, None, "seed of the train/validation carve-out"),
             "sun397_split": Option((str,), "partition01", ("partition01", "all"), "SUN397 images used"),
+            "val_carve": Option((str,), "stratified", ("stratified", "random"),
+                                "carve-out per class, or CLIP_benchmark's random_split"),
+            "clip_benchmark_defaults": Option((bool,), False, None,
+                                              "probe = 'clip-benchmark' as CLIP_benchmark 1.6 runs "
+                                              "by default: no validation split, weight decay 0"),
         }, feature_needs=_probe_needs),
     "verification": ProtocolInfo(
         "verification", ("verification",), "biometric",

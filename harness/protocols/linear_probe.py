@@ -9,10 +9,14 @@ Two variants (``variant=``, the suite's ``probe`` option):
 ``"clip"`` (default) -- the CLIP paper's probe (Radford et al. 2021, appendix A.3): multinomial
 logistic regression with an L2 penalty on the weights (not on the bias), in scikit-learn's
 convention ``min 0.5 * ||W||^2 + C * sum_i CE_i`` so that ``C`` means what it means to
-``sklearn.linear_model.LogisticRegression``.  It is solved by full-batch L-BFGS (memory 10,
-strong-Wolfe line search, at most ``max_iter`` iterations, stop when the largest gradient entry of
-the per-sample-averaged objective is ``<= tol`` -- scikit-learn's lbfgs criterion) written in
-torch: float32 tensors (values and reductions accumulated in float64), on ``device``.  ``C`` is
+``sklearn.linear_model.LogisticRegression``.  The solvers live in :mod:`harness.optim`, chosen by
+size (:func:`harness.optim.choose_solver`): Newton with the exact Hessian for at most
+``optim.NEWTON_MAX_PARAMS`` parameters ``(d + 1) * K`` (0: measured, the preconditioned L-BFGS
+was faster at every size tried), else full-batch L-BFGS preconditioned by a Kronecker-factored
+Hessian approximation (memory 10, strong-Wolfe line search); both run at most ``max_iter`` iterations and
+stop when the largest gradient entry of the per-sample-averaged objective is ``<= tol`` --
+scikit-learn's lbfgs criterion -- in torch: float32 tensors (values and reductions accumulated in
+float64), on ``device``.  ``C`` is
 searched on the validation split over ``logspace(-6, 6, 97)`` (8 steps per decade): the coarse
 grid 1e-6, 1e-4, ..., 1e6, then a binary refinement (half-widths of 8, 4, 2, 1 grid steps
 around the best so far).  The chosen ``C`` is refit on train + validation and scored on test.
@@ -23,10 +27,19 @@ each fit is warm-started -- in the refinement from the solutions on both sides (
 interpolation in log C), on the coarse grid from the previous ``C`` -- with the L-BFGS curvature
 pairs carried over (exactly re-targeted to the new ``C``), and from cached logits, so that a
 start that already meets the tolerance costs one matrix product; a cold start puts the bias at
-the log class frequencies; the line search works on ``Z + t U`` with ``U = X @ direction``, so an
-iteration costs two matrix products however many trial steps it takes; the search runs as two
-chains of fits, side by side on CPU (see :func:`_clip_variant`); the refit starts from the
-chosen solution with its curvature pairs.
+the log class frequencies; the preconditioner takes out the features' correlation, which is
+what made plain L-BFGS crawl on real embeddings (a 48,000 x 32 x 10 search: 343 -> 65
+iterations); the logits are class-major, so the softmax runs over ``K`` long rows; where the
+logits are small the line search works on ``Z + t U``, so an iteration costs two matrix products
+however many trial steps it takes; the search runs as two chains of fits, side by side on CPU
+(see :func:`_clip_variant`); the refit starts from the chosen solution with its curvature pairs.
+
+Memory: the labelled features are copied once (standardised, with the bias's column of ones),
+in row chunks straight from the caller's arrays.  Where ``n x K`` logits would exceed 256 MB
+the objective works in row chunks of 4,096 samples and validation accuracies are counted chunk
+by chunk, so no ``n x K`` tensor is alive: the peak is the features, their copy, and
+``O(chunk x K)`` plus ``O((d + 1) K)`` per stored solution and curvature pair.  (The test
+logits, ``n_test x K``, are made whole for the metrics.)
 
 Features: standardised per dimension with the mean and standard deviation of the labelled data
 (train plus validation; never test) -- the paper used raw features; standardising only rescales
@@ -51,22 +64,28 @@ import concurrent.futures
 import contextlib
 import math
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 
+from harness import optim
 from harness.protocols import ProtocolResult
 from harness.protocols.zeroshot import classification_metrics
 
 VARIANTS = ("clip", "clip-benchmark")
+CARVES = ("stratified", "random")
 
 C_GRID = np.logspace(-6, 6, 97)       # CLIP paper: 1e-6..1e6, 96 log steps (8 per decade)
 WD_GRID = np.logspace(-6, 2, 97)      # CLIP_benchmark 1.6's weight decays
 COARSE_STEP = 16                      # coarse grid: every 16th value (7 values)
 _DEFAULT_C = 1.0                      # no validation data: scikit-learn's default
-_SMALL_PROBLEM = 1 << 24              # n * d * k below which the clip probe runs on one thread
-_LOGITS_CACHE = 1 << 30               # bytes of search logits kept to warm-start without products
+_SMALL_PROBLEM = 1 << 28              # n * d * k below which the clip probe runs on one thread
+                                      # (a 48,000 x 33 x 10 search on a loaded 2-core machine:
+                                      # 1.2 s on one thread, 2.4-5.6 s on two)
+_LOGITS_CACHE = 256 << 20             # bytes of search logits kept to warm-start without products
+_CACHE_BYTES = 256 << 20              # logits of one fit kept in memory up to this (else chunks)
 _PARALLEL_LIMIT = 1 << 30             # bytes of per-chain working set up to which chains run
                                       # side by side (ImageNet-sized problems run one at a time)
 
@@ -75,7 +94,7 @@ _PARALLEL_LIMIT = 1 << 30             # bytes of per-chain working set up to whi
 # validation carve-out and the regularisation search
 # --------------------------------------------------------------------------------------------
 
-def carve_validation(labels, val_fraction: float = 0.2, seed: int = 0
+def carve_validation(labels, val_fraction: float = 0.2, seed: int = 0, *, carve: str = "stratified"
                      ) -> tuple[np.ndarray, np.ndarray]:
     """Split indices ``0..N-1`` into ``(train_idx, val_idx)``, stratified and deterministic.
 
@@ -83,6 +102,11 @@ def carve_validation(labels, val_fraction: float = 0.2, seed: int = 0
     of them, drawn by ``numpy.random.default_rng(seed)``, to validation; a class with a single
     sample stays in train.  Both index arrays are sorted ascending.  ``val_fraction`` must be in
     ``[0, 1)``; 0 gives an empty validation set.
+
+    ``carve="random"`` is CLIP_benchmark 1.6's ``--val_proportion`` carve-out instead:
+    ``torch.utils.data.random_split(train, [1 - val_fraction, val_fraction])`` -- not
+    stratified -- with a ``torch.Generator`` seeded by ``seed`` (CLIP_benchmark uses the global
+    RNG); the index arrays are sorted.
     """
     y = np.asarray(labels)
     if y.ndim != 1:
@@ -90,11 +114,21 @@ def carve_validation(labels, val_fraction: float = 0.2, seed: int = 0
     vf = float(val_fraction)
     if not 0.0 <= vf < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+    if carve not in CARVES:
+        raise ValueError(f"carve must be one of {', '.join(map(repr, CARVES))}, got {carve!r}")
+    if carve == "random":
+        if vf == 0.0:
+            return np.arange(y.size, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        g = torch.Generator().manual_seed(int(seed))
+        order: Any = range(y.size)
+        tr, va = torch.utils.data.random_split(order, [1.0 - vf, vf], generator=g)
+        return (np.sort(np.asarray(tr.indices, dtype=np.int64)),
+                np.sort(np.asarray(va.indices, dtype=np.int64)))
     rng = np.random.default_rng(int(seed))
     val = []
     for c in np.unique(y):
         members = np.flatnonzero(y == c)
-        k = min(int(math.floor(vf * members.size + 0.5)), members.size - 1)
+        k = min(math.floor(vf * members.size + 0.5), members.size - 1)
         perm = rng.permutation(members.size)
         if k > 0:
             val.append(members[perm[:k]])
@@ -131,7 +165,11 @@ def peak_search(n_grid: int, score: Callable[[int], float] | None = None, *,
         new = [i for i in dict.fromkeys(indices) if i not in cache]
         if not new:
             return
-        values = batch(new) if batch is not None else [score(i) for i in new]
+        if batch is not None:
+            values = batch(new)
+        else:
+            assert score is not None
+            values = [score(i) for i in new]
         for i, v in zip(new, values):
             cache[i] = float(v)
             history.append((i, cache[i]))
@@ -163,327 +201,37 @@ def peak_search(n_grid: int, score: Callable[[int], float] | None = None, *,
 # the "clip" probe: L-BFGS on the multinomial logistic loss, in torch
 # --------------------------------------------------------------------------------------------
 
-class _SoftmaxObjective:
-    """``f(theta) = mean_i CE_i + 0.5 * lam * ||W||^2`` with ``lam = 1 / (C * n)``.
-
-    ``X`` carries a trailing column of ones, so ``theta`` is ``[W; b]`` flattened row-major
-    (``(d + 1) x k``, the last row the unpenalised bias).  Values in float64, the rest in the
-    dtype of ``X``.
-
-    The solver drives it through lines: :meth:`line` computes ``U = X @ D`` for a direction
-    once, after which every trial step ``t`` of the line search costs only elementwise work on
-    the logits ``Z + t U`` (value and slope), and the accepted step one more matrix product
-    for the gradient -- two products per iteration, however many trials the line search needs
-    (evaluating ``f`` and its gradient from scratch costs two products per trial).
-    """
-
-    def __init__(self, X: torch.Tensor, y: torch.Tensor, k: int):
-        self.X, self.y, self.k = X, y, k
-        self.n, self.d1 = X.shape
-        self.lam = 0.0
-        self._z: torch.Tensor | None = None   # logits at the current iterate
-        self._flat_y = torch.arange(self.n, device=X.device) * k + y
-        self._minus_one = torch.full((self.n,), -1.0, dtype=X.dtype, device=X.device)
-
-    @property
-    def logits(self) -> torch.Tensor:
-        """``X @ theta`` at the current iterate (kept up to date by the solver)."""
-        return self._z
-
-    def penalty_mask(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` with its bias entries zeroed (the part the penalty acts on)."""
-        out = x.clone()
-        out[-self.k:] = 0
-        return out
-
-    def _residual(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean cross-entropy (float64) and ``softmax(z) - onehot(y)``."""
-        r = torch.softmax(z, dim=1)  # (softmax, then log of n entries: the cheapest route)
-        p_y = r.view(-1).index_select(0, self._flat_y)
-        tiny = p_y < _TINY_P
-        if bool(tiny.any()):  # underflow: exact log-probabilities for those rows
-            rows = tiny.nonzero().squeeze(1)
-            p_y = p_y.log()
-            p_y[rows] = z[rows].log_softmax(dim=1).gather(1, self.y[rows, None]).squeeze(1)
-            data = -p_y.sum(dtype=torch.float64) / self.n
-        else:
-            data = -p_y.log_().sum(dtype=torch.float64) / self.n
-        r.view(-1).index_add_(0, self._flat_y, self._minus_one)
-        return data, r
-
-    def _gradient(self, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-        Wb = x.view(self.d1, self.k)
-        g = torch.addmm(Wb, self.X.t(), r, beta=self.lam, alpha=1.0 / self.n)
-        g[-1].sub_(Wb[-1], alpha=self.lam)  # the bias is not penalised
-        return g.view(-1)
-
-    def start(self, x: torch.Tensor, z: torch.Tensor | None = None) -> tuple[float, torch.Tensor]:
-        """Value and gradient at ``x``, which becomes the current iterate; ``z``: its logits
-        ``X @ x`` when the caller has them (one matrix product fewer)."""
-        self._z = torch.mm(self.X, x.view(self.d1, self.k)) if z is None else z
-        data, r = self._residual(self._z)
-        W = x[:-self.k]
-        f = data + 0.5 * self.lam * torch.dot(W, W).double()
-        return float(f), self._gradient(x, r)
-
-    def line(self, x: torch.Tensor, d: torch.Tensor):
-        """``(phi, accept)`` for ``theta(t) = x + t d``: ``phi(t) -> (f, f')`` and
-        ``accept(t) -> gradient at theta(t)``, which becomes the current iterate."""
-        U = torch.mm(self.X, d.view(self.d1, self.k))
-        W, DW = x[:-self.k], d[:-self.k]
-        ww, wd, dd = (float(torch.dot(a, b)) for a, b in ((W, W), (W, DW), (DW, DW)))
-        lam, n = self.lam, self.n
-        last: dict[str, Any] = {}
-
-        def phi(t: float) -> tuple[float, float]:
-            zt = torch.add(self._z, U, alpha=t)
-            data, r = self._residual(zt)
-            slope = (float(torch.linalg.vecdot(r, U).sum(dtype=torch.float64)) / n
-                     + lam * (wd + t * dd))
-            last.update(t=t, z=zt, r=r)
-            return float(data) + 0.5 * lam * (ww + t * (2.0 * wd + t * dd)), slope
-
-        def accept(t: float) -> torch.Tensor:
-            if last.get("t") != t:
-                phi(t)
-            self._z = last["z"]
-            return self._gradient(torch.add(x, d, alpha=t), last["r"])
-
-        return phi, accept
-
-
-def _cubic_step(t1, f1, g1, t2, f2, g2, lo, hi):
-    """Minimiser of the cubic matching values and slopes at t1, t2, clamped to [lo, hi]."""
-    try:
-        d1 = g1 + g2 - 3.0 * (f1 - f2) / (t1 - t2)
-        disc = d1 * d1 - g1 * g2
-        if disc >= 0.0:
-            d2 = math.copysign(math.sqrt(disc), t2 - t1)
-            t = t2 - (t2 - t1) * (g2 + d2 - d1) / (g2 - g1 + 2.0 * d2)
-            if math.isfinite(t):
-                return min(max(t, lo), hi)
-    except (ZeroDivisionError, OverflowError, ValueError):
-        pass
-    return 0.5 * (lo + hi)
-
-
-def _strong_wolfe(phi, f0: float, gd0: float, t: float, *, c1=1e-4, c2=0.9, max_evals=25):
-    """Line search for a step satisfying the strong Wolfe conditions (bracket, then zoom;
-    Nocedal and Wright, algorithms 3.5 and 3.6, cubic interpolation).
-
-    ``phi(t) -> (f, slope)``.  Returns ``(t, f)``; ``t == 0`` when no step with sufficient
-    decrease was found.  If the evaluation budget runs out, the best step with sufficient
-    decrease so far is returned.
-    """
-    evals = 0
-    prev = (0.0, f0, gd0)
-    bracket = None
-    while evals < max_evals:
-        f, gd = phi(t)
-        evals += 1
-        if not math.isfinite(f) or f > f0 + c1 * t * gd0 or (evals > 1 and f >= prev[1]):
-            bracket = [prev, (t, f, gd)]
-            break
-        if abs(gd) <= -c2 * gd0:
-            return t, f
-        if gd >= 0.0:
-            bracket = [(t, f, gd), prev]
-            break
-        t_new = _cubic_step(prev[0], prev[1], prev[2], t, f, gd, t + 0.01 * (t - prev[0]), 10.0 * t)
-        prev = (t, f, gd)
-        t = t_new
-    else:
-        return prev[0], prev[1]
-    lo, hi = bracket  # lo: the lowest value satisfying sufficient decrease so far
-    while evals < max_evals:
-        a, b = sorted((lo[0], hi[0]))
-        width = b - a
-        if width <= 1e-12 * max(b, 1e-12):
-            break
-        if math.isfinite(hi[1]):
-            t = _cubic_step(lo[0], lo[1], lo[2], hi[0], hi[1], hi[2],
-                            a + 0.1 * width, b - 0.1 * width)
-        else:
-            t = 0.5 * (a + b)
-        f, gd = phi(t)
-        evals += 1
-        if not math.isfinite(f) or f > f0 + c1 * t * gd0 or f >= lo[1]:
-            hi = (t, f, gd)
-        else:
-            if abs(gd) <= -c2 * gd0:
-                return t, f
-            if gd * (hi[0] - lo[0]) >= 0.0:
-                hi = lo
-            lo = (t, f, gd)
-    return lo[0], lo[1]
-
-
-class _LbfgsMemory:
-    """The last ``m`` curvature pairs, stacked as rows of ``H = [S; Y]`` on the device.
-
-    The direction ``-H_k g`` uses the compact form of the limited-memory inverse Hessian
-    (Byrd, Nocedal and Schnabel 1994): the same direction as the two-loop recursion, from two
-    matrix-vector products with ``H`` instead of ``4 m`` small vector operations; the
-    ``2m x 2m`` algebra runs in float64 on the host.  Pairs with ``s'y <= eps * y'y`` are not
-    stored.  :meth:`shift` re-targets the pairs to another L2 strength (``y += dlam * P s``),
-    which is exact for the same data: a warm-started fit starts with the curvature it had.
-    """
-
-    def __init__(self, p: int, m: int, dtype, device):
-        self.m = m
-        self.H = torch.zeros(2 * m, p, dtype=dtype, device=device)
-        self.StY = np.zeros((m, m))
-        self.YtY = np.zeros((m, m))
-        self.order: list[int] = []   # valid slots, oldest first
-        self.lam: float | None = None
-
-    def clear(self) -> None:
-        self.order = []
-
-    def direction(self, g: torch.Tensor) -> torch.Tensor | None:
-        """``-H_k g``; ``None`` if the small system is numerically singular."""
-        m, o = self.m, np.array(self.order)
-        last = self.order[-1]
-        gamma = self.StY[last, last] / self.YtY[last, last]
-        proj = (self.H @ g).double().cpu().numpy()
-        a, b = proj[o], gamma * proj[m + o]
-        Sy = self.StY[np.ix_(o, o)]
-        R = np.triu(Sy)
-        try:
-            u = np.linalg.solve(R, a)
-            p1 = np.linalg.solve(R.T, (np.diag(np.diag(Sy)) + gamma * self.YtY[np.ix_(o, o)]) @ u
-                                 - b)
-        except np.linalg.LinAlgError:
-            return None
-        if not (np.all(np.isfinite(u)) and np.all(np.isfinite(p1)) and math.isfinite(gamma)):
-            return None
-        coef = np.zeros(2 * m)
-        coef[o], coef[m + o] = p1, -gamma * u
-        coef_t = torch.from_numpy(coef).to(device=g.device, dtype=g.dtype)
-        return torch.addmv(g, self.H.t(), coef_t, beta=gamma).neg_()
-
-    def push(self, s: torch.Tensor, y: torch.Tensor) -> None:
-        m = self.m
-        slot = next((i for i in range(m) if i not in self.order), None)
-        if slot is None:
-            slot = self.order.pop(0)
-        self.H[slot].copy_(s)
-        self.H[m + slot].copy_(y)
-        dots = (self.H @ self.H[[slot, m + slot]].t()).double().cpu().numpy()  # [2m, 2]
-        ys, yy = dots[m + slot, 0], dots[m + slot, 1]
-        if ys > _EPS32 * yy:
-            self.StY[slot, :] = dots[m:, 0]          # s_slot . y_j
-            self.StY[:, slot] = dots[:m, 1]          # s_i . y_slot
-            self.YtY[slot, :] = self.YtY[:, slot] = dots[m:, 1]
-            self.order.append(slot)
-
-    def shift(self, lam: float, mask_bias: Callable[[torch.Tensor], torch.Tensor]) -> None:
-        """Move the stored pairs from L2 strength ``self.lam`` to ``lam``."""
-        if self.lam is not None and self.order and lam != self.lam:
-            m = self.m
-            for i in self.order:
-                self.H[m + i].add_(mask_bias(self.H[i]), alpha=lam - self.lam)
-            G = (self.H @ self.H.t()).double().cpu().numpy()
-            self.StY[:, :] = G[:m, m:]
-            self.YtY[:, :] = G[m:, m:]
-            self.order = [i for i in self.order if self.StY[i, i] > _EPS32 * self.YtY[i, i]]
-        self.lam = lam
-
-
-_EPS32 = float(np.finfo(np.float32).eps)
-_TINY_P = 1e-30  # below this a float32 probability's log is recomputed from the logits
-
-
-def _lbfgs(obj: _SoftmaxObjective, x0: torch.Tensor, memory: _LbfgsMemory, *,
-           max_iter: int = 1000, tol: float = 1e-4, ftol: float = 64 * np.finfo(float).eps,
-           refresh: int = 20, z0: torch.Tensor | None = None,
-           ) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Minimise ``obj`` from ``x0`` by L-BFGS with a strong-Wolfe line search.
-
-    Stops when ``max|grad| <= tol`` (converged: scikit-learn's lbfgs criterion, on the same
-    averaged objective), when the relative decrease of the value is ``<= ftol`` or the line
-    search finds no decrease along ``-grad`` (as scipy's L-BFGS-B), or after ``max_iter``
-    iterations.  ``memory`` may hold pairs from an earlier fit on the same data (it is shifted
-    to ``obj.lam``).  ``z0``: the logits at ``x0``, if known.  The logits are recomputed from
-    scratch every ``refresh`` iterations so that the running ``Z + t U`` updates cannot drift.
-    Returns ``(x, info)``; the logits at ``x`` are left in ``obj.logits``.
-    """
-    x = x0.clone()
-    memory.shift(obj.lam, obj.penalty_mask)
-    f, g = obj.start(x, z0)
-    n_iter, n_trials, converged = 0, 0, False
-    while True:
-        if n_iter and n_iter % refresh == 0:
-            f, g = obj.start(x)
-        if float(torch.linalg.vector_norm(g, ord=math.inf)) <= tol:
-            converged = True
-            break
-        if n_iter >= max_iter:
-            break
-        d = memory.direction(g) if memory.order else None
-        if d is not None:
-            t0 = 1.0
-        else:
-            memory.clear()
-            d = g.neg()
-            # the first step: scipy's 1/||g||, capped by the curvature lam of the penalty
-            t0 = min(1.0, 1.0 / max(float(torch.linalg.vector_norm(g)), 1e-30))
-            if obj.lam > 0:
-                t0 = min(t0, 1.0 / obj.lam)
-        gd0 = float(torch.dot(g, d))
-        if not gd0 < 0.0:  # not a descent direction: restart from steepest descent
-            if memory.order and math.isfinite(gd0):
-                memory.clear()
-                continue
-            break
-        phi, accept = obj.line(x, d)
-        counted = [0]
-
-        def counting_phi(t):
-            counted[0] += 1
-            return phi(t)
-
-        t, f_new = _strong_wolfe(counting_phi, f, gd0, t0)
-        n_trials += counted[0]
-        if t == 0.0:
-            if memory.order:     # drop the curvature memory and retry along -grad
-                memory.clear()
-                continue
-            break
-        g_new = accept(t)
-        memory.push(d * t, g_new - g)
-        x.add_(d, alpha=t)
-        n_iter += 1
-        f_old, f, g = f, f_new, g_new
-        if (f_old - f) <= ftol * max(abs(f_old), abs(f), 1.0):
-            converged = float(torch.linalg.vector_norm(g, ord=math.inf)) <= tol
-            break
-    return x, {"n_iter": n_iter, "n_trials": n_trials, "converged": converged}
-
-
 class _ClipProbe:
     """Fits of one labelled set for many ``C``; solutions are full ``[d + 1, K]`` matrices.
 
-    ``fit`` also returns the fit's logits on this set (``[n, k]``, the present classes), which a
-    later warm start built from this solution can reuse instead of a matrix product.
+    The solver is chosen by size (:func:`harness.optim.choose_solver`): Newton with the exact
+    Hessian for few parameters, L-BFGS otherwise.  Where the logits of the set are small
+    (``n * k`` floats within ``_CACHE_BYTES``) the objective keeps them and ``fit`` returns them
+    (class-major ``[k, n]``, the present classes), so that a later warm start built from this
+    solution can reuse them instead of a pass over ``X``; otherwise it works in row chunks and
+    returns ``None``.
     """
 
-    def __init__(self, X: torch.Tensor, y: torch.Tensor, K: int, *, max_iter: int, tol: float):
+    def __init__(self, X: torch.Tensor, y: torch.Tensor, K: int, *, max_iter: int, tol: float,
+                 solver: str | None = None):
         self.classes = torch.unique(y)
         self.K, self.k, self.d1 = K, int(self.classes.numel()), X.shape[1]
         self.absent = torch.ones(K, dtype=torch.bool, device=y.device)
         self.absent[self.classes] = False
         remap = torch.full((K,), -1, dtype=torch.int64, device=y.device)
         remap[self.classes] = torch.arange(self.k, device=y.device)
-        self.obj = _SoftmaxObjective(X, remap[y], self.k)
-        self.memory = _LbfgsMemory(self.d1 * self.k, 10, X.dtype, X.device)
+        cache = 3 * X.shape[0] * self.k * X.element_size() <= _CACHE_BYTES
+        self.obj = optim.SoftmaxObjective(X, remap[y], self.k, cache=cache)
+        self.solver = solver or optim.choose_solver(self.d1 * self.k)
+        self.memory = optim.LbfgsMemory(10)
+        self._G_eig: Any = None   # the preconditioner's feature factor (the same for every C)
         self.max_iter, self.tol = max_iter, tol
         self.n_iter = 0
         counts = torch.bincount(remap[y], minlength=self.k).to(X.dtype)
         self._log_prior = counts.log() - counts.log().mean()
 
     def fit(self, C: float, warm: torch.Tensor | None, warm_z: torch.Tensor | None = None
-            ) -> tuple[torch.Tensor, dict, torch.Tensor]:
+            ) -> tuple[torch.Tensor, dict, torch.Tensor | None]:
         """Solve for ``C`` from ``warm`` (full matrix; ``warm_z``: its logits here, if known).
 
         A cold start is ``W = 0`` with the bias at the centred log class frequencies -- the
@@ -493,35 +241,63 @@ class _ClipProbe:
         self.obj.lam = 1.0 / (C * self.obj.n)
         X = self.obj.X
         if warm is None:
-            x0 = torch.zeros(self.d1 * self.k, dtype=X.dtype, device=X.device)
-            x0[-self.k:] = self._log_prior
+            x0 = torch.zeros(self.k, self.d1, dtype=X.dtype, device=X.device)
+            x0[:, -1] = self._log_prior
             warm_z = None
         else:
-            x0 = warm[:, self.classes].reshape(-1)
-        x, info = _lbfgs(self.obj, x0, self.memory, max_iter=self.max_iter, tol=self.tol,
-                         z0=warm_z)
+            x0 = warm[:, self.classes].t().contiguous()
+        if not self.obj.cache:
+            warm_z = None
+        if self.solver == "newton":
+            x, info = optim.newton(self.obj, x0.view(-1), max_iter=self.max_iter, tol=self.tol,
+                                   z0=warm_z)
+        else:
+            pre = optim.KfacPreconditioner(self.obj, x0.view(-1), G_eig=self._G_eig)
+            self._G_eig, self.memory.precond = pre.G_eig, pre
+            x, info = optim.lbfgs(self.obj, x0.view(-1), self.memory, max_iter=self.max_iter,
+                                  tol=self.tol, z0=warm_z)
         self.n_iter += info["n_iter"]
         full = torch.zeros(self.d1, self.K, dtype=X.dtype, device=X.device)
-        full[:, self.classes] = x.view(self.d1, self.k)
+        full[:, self.classes] = x.view(self.k, self.d1).t()
         return full, info, self.obj.logits
 
     def logits(self, full: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+        """Row-major ``[n, K]`` logits of ``X``; absent classes at ``-inf``."""
         z = X @ full
         z[:, self.absent] = -math.inf
         return z
 
+    def class_major_logits(self, full: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+        """Class-major ``[K, n]`` logits of ``X`` (the layout of the objective's cache)."""
+        z = torch.mm(full.t(), X.t())
+        z[self.absent] = -math.inf
+        return z
+
+    def accuracy(self, full: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> float:
+        """Top-1 accuracy on ``(X, y)``, computed in row chunks (no ``n x K`` tensor)."""
+        hits = 0
+        for s in range(0, X.shape[0], optim.DEFAULT_CHUNK):
+            z = self.logits(full, X[s:s + optim.DEFAULT_CHUNK])
+            hits += int((z.argmax(dim=1) == y[s:s + optim.DEFAULT_CHUNK]).sum())
+        return hits / max(y.numel(), 1)
+
 
 def fit_logistic(x, y, C: float, *, n_classes: int | None = None, max_iter: int = 1000,
-                 tol: float = 1e-4, device: str | torch.device = "cpu"
-                 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+                 tol: float = 1e-4, device: str | torch.device = "cpu", solver: str | None = None,
+                 chunk: int | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """One L2-regularised multinomial logistic regression, as the ``clip`` probe solves it.
 
     Same problem and stopping rule as ``LogisticRegression(C=C, solver="lbfgs", tol=tol,
     max_iter=max_iter)`` on the features as given (no standardisation here).  Returns
     ``(weight [D, K], bias [K], info)`` (float32; ``logits = x @ weight + bias``); classes
     without training samples get a bias of ``-inf``.  ``info``: ``n_iter`` (iterations),
-    ``n_trials`` (line-search trial steps), ``converged`` (``max|grad| <= tol`` reached).
+    ``n_trials`` (line-search trial steps), ``converged`` (``max|grad| <= tol`` reached),
+    ``solver``.  ``solver``: ``"newton"`` or ``"lbfgs"`` (default: chosen by size, see
+    :func:`harness.optim.choose_solver`); ``chunk``: work in row chunks of that many samples
+    instead of keeping the logits (default: chunks only where the logits would be large).
     """
+    if solver not in (None, "newton", "lbfgs"):
+        raise ValueError(f"solver must be 'newton' or 'lbfgs', got {solver!r}")
     X = _features(x, "x")
     yy = _labels(y, X.shape[0], "y")
     K = int(n_classes) if n_classes is not None else int(yy.max()) + 1
@@ -533,11 +309,13 @@ def fit_logistic(x, y, C: float, *, n_classes: int | None = None, max_iter: int 
     Xa[:, :-1], Xa[:, -1] = X, 1.0
     dev = torch.device(device)
     probe = _ClipProbe(torch.from_numpy(Xa).to(dev), torch.from_numpy(yy).to(dev), K,
-                       max_iter=int(max_iter), tol=float(tol))
+                       max_iter=int(max_iter), tol=float(tol), solver=solver)
+    if chunk is not None:
+        probe.obj.cache, probe.obj.chunk = False, max(1, int(chunk))
     with torch.no_grad(), _single_thread_on_cpu(dev, Xa.size * K < _SMALL_PROBLEM):
-        full, info, _ = probe.fit(float(C), None)
-        full[-1, probe.absent] = -math.inf
-    full = full.cpu().numpy()
+        sol, info, _ = probe.fit(float(C), None)
+        sol[-1, probe.absent] = -math.inf
+    full = sol.cpu().numpy()
     return np.ascontiguousarray(full[:-1]), full[-1].copy(), info
 
 
@@ -606,10 +384,12 @@ def _clip_variant(Xall, yall, n_fit, Xtest, K, *, max_iter, tol, have_val):
         solutions: dict[int, torch.Tensor] = {}
         train_logits: dict[int, torch.Tensor] = {}  # kept while they fit in _LOGITS_CACHE
         val_logits: dict[int, torch.Tensor] = {}
-        keep_logits = n_fit * K * Xall.element_size() * len(C_GRID) // 6 <= _LOGITS_CACHE
+        keep_logits = (probes[0].obj.cache
+                       and n_fit * K * Xall.element_size() * len(C_GRID) // 6 <= _LOGITS_CACHE)
         owner: dict[int, int] = {}
         threads = torch.get_num_threads()
-        working_set = 4 * n_fit * K * Xall.element_size()  # logits, direction, trial, residual
+        rows = n_fit if probes[0].obj.cache else min(n_fit, probes[0].obj.chunk)
+        working_set = 4 * rows * K * Xall.element_size()  # logits, direction, trial, residual
         parallel = Xall.device.type == "cpu" and threads >= 2 and working_set <= _PARALLEL_LIMIT
 
         @torch.no_grad()
@@ -623,8 +403,11 @@ def _clip_variant(Xall, yall, n_fit, Xtest, K, *, max_iter, tol, have_val):
                 local[i] = sol
                 if keep_logits:
                     local_z[i] = z
-                zv = probes[c].logits(sol, Xval)
-                acc = float((zv.argmax(dim=1) == yval).sum()) / yval.numel()
+                if keep_logits:
+                    zv = probes[c].class_major_logits(sol, Xval)
+                    acc = float((zv.argmax(dim=0) == yval).sum()) / yval.numel()
+                else:
+                    zv, acc = None, probes[c].accuracy(sol, Xval, yval)
                 out.append((i, sol, z if keep_logits else None, zv if keep_logits else None, acc))
             return out
 
@@ -653,7 +436,7 @@ def _clip_variant(Xall, yall, n_fit, Xtest, K, *, max_iter, tol, have_val):
         C = float(C_GRID[best])
         warm, memory = solutions[best], probes[owner[best]].memory
         if best in train_logits:  # the refit starts at the chosen solution: its logits too
-            warm_z = torch.cat([train_logits[best], val_logits[best][:, probes[0].classes]])
+            warm_z = torch.cat([train_logits[best], val_logits[best][probes[0].classes]], dim=1)
         details.update(val_acc1=dict(history)[best],
                        search=[(float(C_GRID[i]), a) for i, a in history],
                        search_iterations=sum(p.n_iter for p in probes))
@@ -666,7 +449,8 @@ def _clip_variant(Xall, yall, n_fit, Xtest, K, *, max_iter, tol, have_val):
     full, info, _ = final.fit(C, warm, warm_z if same_classes else None)
     n_fits += 1
     details.update(C=C, n_fits=n_fits, final_iterations=info["n_iter"],
-                   final_converged=bool(info["converged"]), features="standardized")
+                   final_converged=bool(info["converged"]), solver=info["solver"],
+                   features="standardized")
     return final.logits(full, Xtest), details
 
 
@@ -778,8 +562,54 @@ def _labels(y, n: int, what: str) -> np.ndarray:
     return a
 
 
+_PREP_CHUNK = 16384
+
+
+def _gather(parts, extra: int) -> np.ndarray:
+    """``concatenate([src[idx] ...])`` as float32 with ``extra`` trailing columns of ones, filled
+    in row chunks (no other copy of the features)."""
+    n = sum(src.shape[0] if idx is None else idx.size for src, idx in parts)
+    d = parts[0][0].shape[1]
+    out = np.empty((n, d + extra), dtype=np.float32)
+    pos = 0
+    for src, idx in parts:
+        m = src.shape[0] if idx is None else idx.size
+        for s in range(0, m, _PREP_CHUNK):
+            e = min(s + _PREP_CHUNK, m)
+            out[pos + s:pos + e, :d] = src[s:e] if idx is None else src[idx[s:e]]
+        pos += m
+    if extra:
+        out[:, d:] = 1.0
+    return out
+
+
+def _moments(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column mean and (population) standard deviation in float64, in row chunks."""
+    mu = a.mean(axis=0, dtype=np.float64)
+    ss = np.zeros(a.shape[1])
+    for s in range(0, a.shape[0], _PREP_CHUNK):
+        ss += np.square(a[s:s + _PREP_CHUNK] - mu).sum(axis=0)
+    return mu, np.sqrt(ss / max(a.shape[0], 1))
+
+
+def _standardize(a: np.ndarray, mu: np.ndarray, sd: np.ndarray) -> None:
+    """In place: ``(a[:, :-1] - mu) / sd`` (the last column is the bias's ones)."""
+    sd32 = sd.astype(np.float32)
+    for s in range(0, a.shape[0], _PREP_CHUNK):
+        block = a[s:s + _PREP_CHUNK, :-1]
+        np.subtract(block, mu, out=block, casting="unsafe")
+        block /= sd32
+
+
+def _l2_normalize(a: np.ndarray) -> None:
+    for s in range(0, a.shape[0], _PREP_CHUNK):
+        block = a[s:s + _PREP_CHUNK]
+        block /= np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12)
+
+
 def evaluate(train_x, train_y, test_x, test_y, val_x=None, val_y=None, *,
              variant: str = "clip", val_fraction: float = 0.2, split_seed: int = 0,
+             val_carve: str = "stratified", clip_benchmark_defaults: bool = False,
              device: str | torch.device = "cpu", n_classes: int | None = None,
              max_iter: int = 1000, tol: float = 1e-4, seed: int = 0,
              ) -> ProtocolResult:
@@ -788,8 +618,13 @@ def evaluate(train_x, train_y, test_x, test_y, val_x=None, val_y=None, *,
     Arrays are numpy arrays or tensors: features ``[N, D]``, labels ``[N]`` ints in
     ``0..n_classes-1`` (``n_classes`` defaults to the largest label seen + 1).  Without
     ``val_x``/``val_y``, a stratified ``val_fraction`` of train chosen by ``split_seed`` is the
-    validation split (see :func:`carve_validation`).  ``max_iter``/``tol`` are the ``clip``
-    probe's L-BFGS limits (scikit-learn's meaning); ``seed`` seeds the ``clip-benchmark`` probe.
+    validation split (see :func:`carve_validation`); ``val_carve="random"`` carves it as
+    CLIP_benchmark's ``--val_proportion`` does (``random_split``, not stratified).
+    ``clip_benchmark_defaults=True`` (``clip-benchmark`` probe only) is CLIP_benchmark 1.6 run
+    without ``--val_split``/``--val_proportion``: no validation split at all (a dataset's own
+    is ignored, nothing is carved), weight decay 0, trained on train.  ``max_iter``/``tol`` are
+    the ``clip`` probe's solver limits (scikit-learn's meaning); ``seed`` seeds the
+    ``clip-benchmark`` probe.
 
     Returns ``(metrics, details)``.  ``metrics``: ``acc1``, ``acc5`` (``n_classes >= 5``),
     ``mean_per_class_recall`` as plain floats.  ``details``: ``variant``; the chosen ``C``
@@ -797,7 +632,8 @@ def evaluate(train_x, train_y, test_x, test_y, val_x=None, val_y=None, *,
     ``"carved"`` or ``"none"``); ``n_train``, ``n_val``; ``val_acc1`` and ``search`` (a list of
     ``(value, validation acc1)`` in evaluation order) when there was a search; ``n_fits``;
     ``seconds``; for ``clip`` also ``search_iterations``, ``final_iterations``,
-    ``final_converged``; ``features`` (the preprocessing applied).
+    ``final_converged``, ``solver`` (``"newton"`` or ``"lbfgs"``); ``features`` (the
+    preprocessing applied).
     """
     t_start = time.perf_counter()
     if variant not in VARIANTS:
@@ -813,15 +649,23 @@ def evaluate(train_x, train_y, test_x, test_y, val_x=None, val_y=None, *,
     yte = _labels(test_y, Xte.shape[0], "test_y")
     if Xte.shape[1] != Xtr.shape[1]:
         raise ValueError(f"test_x has dimension {Xte.shape[1]} but train_x has {Xtr.shape[1]}")
+    if clip_benchmark_defaults and variant != "clip-benchmark":
+        raise ValueError("clip_benchmark_defaults applies to the 'clip-benchmark' probe only, "
+                         f"not {variant!r}")
+    if clip_benchmark_defaults:  # CLIP_benchmark 1.6 without --val_split/--val_proportion
+        val_x = val_y = None
+        val_fraction = 0.0
     if val_x is not None:
         Xva = _features(val_x, "val_x")
         yva = _labels(val_y, Xva.shape[0], "val_y")
         if Xva.shape[1] != Xtr.shape[1]:
             raise ValueError(f"val_x has dimension {Xva.shape[1]} but train_x has {Xtr.shape[1]}")
         val_split = "given"
+        parts: list[tuple[np.ndarray, np.ndarray | None]] = [(Xtr, None), (Xva, None)]
     else:
-        tr_idx, va_idx = carve_validation(ytr, val_fraction, split_seed)
-        Xtr, Xva, ytr, yva = Xtr[tr_idx], Xtr[va_idx], ytr[tr_idx], ytr[va_idx]
+        tr_idx, va_idx = carve_validation(ytr, val_fraction, split_seed, carve=val_carve)
+        parts = [(Xtr, tr_idx), (Xtr, va_idx)]
+        ytr, yva = ytr[tr_idx], ytr[va_idx]
         val_split = "carved" if va_idx.size else "none"
     seen = max(int(ytr.max()), int(yte.max()), int(yva.max()) if yva.size else 0) + 1
     if n_classes is None:
@@ -831,30 +675,27 @@ def evaluate(train_x, train_y, test_x, test_y, val_x=None, val_y=None, *,
         if seen > K:
             raise ValueError(f"labels go up to {seen - 1} but n_classes is {K}")
     have_val = yva.size > 0
+    n_fit = ytr.size
 
-    # One contiguous [train; val] block: train is a prefix view, the refit uses all of it.
-    Xall = np.concatenate([Xtr, Xva]) if have_val else Xtr
+    # One contiguous [train; val] block (train a prefix view, the refit uses all of it), built
+    # in row chunks straight from the caller's arrays: the only copy of the features.
+    clip = variant == "clip"
+    Xall = _gather(parts if have_val else parts[:1], extra=1 if clip else 0)
     yall = np.concatenate([ytr, yva]) if have_val else ytr
-    if variant == "clip":
-        mu = Xall.mean(axis=0, dtype=np.float64)
-        sd = Xall.std(axis=0, dtype=np.float64)
+    if clip:
+        mu, sd = _moments(Xall[:, :-1])
         sd = np.where(sd > 1e-12 * max(float(sd.max()), 1e-300), sd, 1.0)
-
-        def prep(a):  # standardise, then a column of ones for the bias
-            out = np.empty((a.shape[0], a.shape[1] + 1), dtype=np.float32)
-            np.subtract(a, mu, out=out[:, :-1], casting="unsafe")
-            out[:, :-1] /= sd.astype(np.float32)
-            out[:, -1] = 1.0
-            return out
+        _standardize(Xall, mu, sd)
+        Xte_p = _gather([(Xte, None)], extra=1)
+        _standardize(Xte_p, mu, sd)
     else:
-        def prep(a):
-            a = np.array(a, dtype=np.float32)
-            return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+        _l2_normalize(Xall)
+        Xte_p = _gather([(Xte, None)], extra=0)
+        _l2_normalize(Xte_p)
     dev = torch.device(device)
-    tX = torch.from_numpy(prep(Xall)).to(dev)
+    tX = torch.from_numpy(Xall).to(dev)
     ty = torch.from_numpy(yall).to(dev)
-    tXte = torch.from_numpy(prep(Xte)).to(dev)
-    n_fit = Xtr.shape[0]
+    tXte = torch.from_numpy(Xte_p).to(dev)
 
     with torch.no_grad():
         if variant == "clip":

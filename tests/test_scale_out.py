@@ -1,0 +1,94 @@
+"""Scale-out through the plugin: --shard partitions the cases (usage errors for bad values),
+the feature stage decodes each image once for all models, --engine ray equals in-process."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from test_plugin import assets, suite_text  # noqa: F401  (module fixture and suite)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def run(pytester, assets):  # noqa: F811
+    shutil.copy(REPO / "benchmarks" / "test_general.py", pytester.path / "test_general.py")
+    (pytester.path / "suite.toml").write_text(suite_text(assets))
+
+    def go(*args, out="out", subprocess=False):
+        runner = pytester.runpytest_subprocess if subprocess else pytester.runpytest_inprocess
+        res = runner("test_general.py", "--suite", str(pytester.path / "suite.toml"),
+                     "--results-dir", str(pytester.path / out),
+                     "--feature-cache", str(pytester.path / "cache"), "-p", "no:cacheprovider",
+                     *args)
+        p = pytester.path / out / "results.json"
+        return res, (json.loads(p.read_text()) if p.exists() else None)
+
+    return go
+
+
+def metrics(data):
+    return {(c["protocol"], c["model"], c["dataset"]): c["metrics"] for c in data["cases"]
+            if c["status"] == "passed"}
+
+
+@pytest.mark.parametrize("bad", ["3/2", "x", "0/1"])
+def test_bad_shard_is_a_usage_error(run, bad):
+    res, _ = run("--shard", bad)
+    assert res.ret == 4
+    res.stderr.fnmatch_lines([f"*--shard {bad}: expected I/N with 1 <= I <= N*"])
+
+
+def test_shards_partition_the_cases_and_refuse_a_shared_folder(run):
+    whole, all_data = run()
+    assert whole.ret == 0
+    seen = {}
+    for i in (1, 2):
+        res, data = run("--shard", f"{i}/2", out=f"s{i}")
+        assert res.ret == 0 and data["run"]["shard"] == f"{i}/2"
+        for k, m in metrics(data).items():
+            assert k not in seen
+            seen[k] = m
+    assert seen == metrics(all_data)  # each case in exactly one shard, with the same numbers
+    res, _ = run("--shard", "2/2", out="s1")
+    assert res.ret == 4
+    res.stderr.fnmatch_lines(["*already used by shard 1/2*"])
+
+
+def test_stage_decodes_each_image_once_for_all_models(run, pytester):
+    counter = pytester.path / "conftest.py"
+    counter.write_text(
+        "import harness.features as hf\n"
+        "calls = []\n"
+        "real = hf.extract_many\n"
+        "def counting(needs, split, *a, **k):\n"
+        "    calls.append((split.name, len(needs)))\n"
+        "    return real(needs, split, *a, **k)\n"
+        "hf.extract_many = counting\n"
+        "def pytest_sessionfinish(session):\n"
+        "    (session.config.rootpath / 'calls.json').write_text(__import__('json').dumps(calls))\n")
+    res, data = run()
+    assert res.ret == 0
+    calls = json.loads((pytester.path / "calls.json").read_text())
+    # two datasets x (train, test): one pass each, both models at once
+    assert sorted(calls) == [["test", 2], ["test", 2], ["train", 2], ["train", 2]]
+    assert data["run"]["model_loads"] == {"alpha": 1, "beta": 1}
+
+
+@pytest.mark.skipif(shutil.which("ray") is None and __import__("importlib").util.find_spec("ray")
+                    is None, reason="ray not installed (pip install 'tradeoff-bench[ray]')")
+def test_ray_engine_equals_inprocess(run):
+    _, ref = run(out="inproc")
+    res, data = run("--engine", "ray", "--refresh-features", out="ray", subprocess=True)
+    assert res.ret == 0, res.stdout.str()[-2000:]
+    assert data["run"]["engine"] == "ray"
+    assert metrics(data) == metrics(ref)
+
+
+def test_unreachable_ray_address_is_one_line(run):
+    pytest.importorskip("ray")
+    res, _ = run("--engine", "ray", "--ray-address", "127.0.0.1:1")
+    assert res.ret == 4
+    res.stderr.fnmatch_lines(["*--ray-address 127.0.0.1:1: cannot reach the Ray head*"])
