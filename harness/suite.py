@@ -380,8 +380,12 @@ def _parse_gate(ctx: _Ctx, i: int, raw: Any, suite_models, suite_datasets) -> Ga
 
 
 def parse_suite(text: str, path: str = "<suite>", base: Path | None = None,
-                defaults: dict[str, str] | None = None) -> Suite:
-    """Parse a suite; ``defaults`` are values for ``${VAR}`` that the environment can override."""
+                defaults: dict[str, str] | None = None, _chain: tuple[str, ...] = ()) -> Suite:
+    """Parse a suite; ``defaults`` are values for ``${VAR}`` that the environment can override.
+
+    ``[suite] include = "other.toml"`` (relative to this file) starts from that suite's models,
+    datasets and gates; a ``[models.X]``/``[datasets.X]`` table here replaces the included
+    table of the same id as a whole (in place), new ids are appended, gates add up."""
     ctx = _Ctx(path, base if base is not None else Path(path).resolve().parent, defaults)
     try:
         data = tomllib.loads(text)
@@ -397,13 +401,20 @@ def parse_suite(text: str, path: str = "<suite>", base: Path | None = None,
     if not isinstance(meta, dict):
         raise ctx.err("suite", None, "expected a table")
     for k in meta:
-        if k not in ("name", "description"):
-            raise ctx.err("suite", k, "unknown key; expected name or description")
+        if k not in ("name", "description", "include"):
+            raise ctx.err("suite", k, "unknown key; expected name, description or include")
+    inc = None
+    if "include" in meta:
+        ipath = str((ctx.base / _check_type(ctx, "suite", "include", meta["include"], (str,),
+                                            "a suite file path")).resolve())
+        if ipath in _chain + (str(Path(path).resolve()),):
+            raise ctx.err("suite", "include", f"{meta['include']!r} includes itself (cycle)")
+        inc = load_suite(ipath, defaults, _chain + (str(Path(path).resolve()),))
     models_raw = data.get("models", {})
     datasets_raw = data.get("datasets", {})
-    if not isinstance(models_raw, dict) or not models_raw:
+    if not isinstance(models_raw, dict) or not (models_raw or inc):
         raise ctx.err("models", None, "expected at least one [models.ID] table")
-    if not isinstance(datasets_raw, dict) or not datasets_raw:
+    if not isinstance(datasets_raw, dict) or not (datasets_raw or inc):
         raise ctx.err("datasets", None, "expected at least one [datasets.ID] table")
     for kind, raw in (("models", models_raw), ("datasets", datasets_raw)):
         for ident in raw:
@@ -411,8 +422,10 @@ def parse_suite(text: str, path: str = "<suite>", base: Path | None = None,
                 raise ctx.err(f"{kind}.{ident}", None,
                               "ids use letters, digits, '_', '.' and single '-' between parts "
                               "(they appear in test ids)")
-    models = {mid: _parse_model(ctx, mid, raw) for mid, raw in models_raw.items()}
-    datasets = {did: _parse_dataset(ctx, did, raw) for did, raw in datasets_raw.items()}
+    models = {**(inc.models if inc else {}),
+              **{mid: _parse_model(ctx, mid, raw) for mid, raw in models_raw.items()}}
+    datasets = {**(inc.datasets if inc else {}),
+                **{did: _parse_dataset(ctx, did, raw) for did, raw in datasets_raw.items()}}
     clash = set(models) & set(datasets)
     if clash:
         c = sorted(clash)[0]
@@ -431,19 +444,22 @@ def parse_suite(text: str, path: str = "<suite>", base: Path | None = None,
     gates_raw = data.get("gates", [])
     if not isinstance(gates_raw, list):
         raise ctx.err("gates", None, "expected [[gates]] tables")
-    gates = tuple(_parse_gate(ctx, i, g, models, datasets) for i, g in enumerate(gates_raw))
+    gates = (inc.gates if inc else ()) + tuple(_parse_gate(ctx, i, g, models, datasets)
+                                                for i, g in enumerate(gates_raw))
     name = meta.get("name") or Path(path).stem
     return Suite(path=path, name=name, models=models, datasets=datasets, gates=gates,
                  description=meta.get("description", ""))
 
 
-def load_suite(path: str | os.PathLike, defaults: dict[str, str] | None = None) -> Suite:
+def load_suite(path: str | os.PathLike, defaults: dict[str, str] | None = None,
+               _chain: tuple[str, ...] = ()) -> Suite:
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise SuiteError(f"{p}: suite file not found") from None
-    return parse_suite(text, str(p), p.resolve().parent, defaults)
+        raise SuiteError(f"{p}: suite file not found"
+                         + (f" (included by {_chain[-1]})" if _chain else "")) from None
+    return parse_suite(text, str(p), p.resolve().parent, defaults, _chain)
 
 
 def resolve_suite(name_or_path: str, suites_dir: str | os.PathLike) -> Path:

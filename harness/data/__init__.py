@@ -14,6 +14,7 @@ _FORMAT_MODULES = (
     "harness.data.lfw",              # LFW pairs.txt + image folder
     "harness.data.ijb",              # IJB-B / IJB-C meta/ + loose_crop/
     "harness.data.attack_list",      # MAD / PAD list files and per-method folders
+    "harness.data.wds",              # CLIP_benchmark WebDataset shards (wds_* collection)
 )
 
 _loaded = False
