@@ -265,7 +265,7 @@ def test_missing_shard_is_one_line_naming_it(trees, tmp_path):
     assert "\n" not in msg and str(root / "test" / "4.tar") in msg and "6 shards" in msg
 
 
-@pytest.mark.parametrize("cut", ["mid-member", "mid-header", "no-end-blocks", "garbage"])
+@pytest.mark.parametrize("cut", ["mid-member", "mid-header", "no-end-blocks", "garbage", "lfs"])
 def test_truncated_or_damaged_tar_is_one_line_naming_the_shard(trees, tmp_path, cut):
     root = shutil.copytree(trees[1], tmp_path / "w")
     shard = root / "test" / "1.tar"
@@ -278,14 +278,16 @@ def test_truncated_or_damaged_tar_is_one_line_naming_the_shard(trees, tmp_path, 
         data = data[:last.offset_data - 200]
     elif cut == "no-end-blocks":
         data = data[:last.offset_data + (last.size + 511) // 512 * 512]
-    else:
+    elif cut == "garbage":
         data = b"<html>not found</html>" + bytes(600)
+    else:
+        data = b"version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 123\n"
     shard.write_bytes(data)
     with pytest.raises(DataError) as e:
         open_dataset(spec(root))
     msg = str(e.value)
     assert "\n" not in msg and msg.startswith(str(shard))
-    assert ("not a tar archive" if cut == "garbage" else "truncated") in msg
+    assert {"garbage": "not a tar archive", "lfs": "Git LFS pointer"}.get(cut, "truncated") in msg
 
 
 def test_bad_nshards_and_missing_test_and_retrieval_type(tmp_path):

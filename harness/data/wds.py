@@ -70,6 +70,7 @@ LAYOUT = ("root/test/nshards.txt + root/test/0.tar ... (required), root/train/ l
 
 _BLOCK = 512
 _FILE = (b"0", b"\0", b"7")  # regular-file type flags
+_ZERO = bytes(_BLOCK)
 _WINDOW = 1 << 16
 _KEY = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's key / extension split
 
@@ -133,6 +134,12 @@ def _pax(data: bytes) -> dict[str, str]:
     return out
 
 
+def _not_tar(head: bytes) -> str:
+    if head.startswith(b"version https://git-lfs"):
+        return "a Git LFS pointer, not the shard (fetch it with git lfs pull)"
+    return "not a tar archive"
+
+
 def _members(path: str):
     """Yield ``(name, data_offset, size, window)`` for every regular file in a tar archive.
 
@@ -148,10 +155,13 @@ def _members(path: str):
         while True:
             hdr = win.read(pos, _BLOCK)
             if len(hdr) < _BLOCK:
+                if pos == 0:
+                    raise DataError(f"{path}: {_not_tar(hdr)} ({filesize} bytes); expected a "
+                                    "WebDataset .tar shard")
                 raise DataError(f"{path}: truncated tar archive: it ends at byte {filesize} "
                                 f"{'inside a member header' if hdr else 'without the end-of-archive blocks'}"
                                 "; download or copy the shard again")
-            if hdr == bytes(_BLOCK):
+            if hdr == _ZERO:
                 return  # end of archive (a second zero block and padding may follow)
             kind = hdr[156:157]
             try:
@@ -161,7 +171,7 @@ def _members(path: str):
                     raise ValueError
                 size = int(pax["size"]) if "size" in pax else _octal(hdr[124:136])
             except ValueError:
-                what = "not a tar archive" if pos == 0 else f"damaged tar header at byte {pos}"
+                what = _not_tar(hdr) if pos == 0 else f"damaged tar header at byte {pos}"
                 raise DataError(f"{path}: {what} (bad header checksum or size); expected a "
                                 "WebDataset .tar shard") from None
             data_at = pos + _BLOCK
