@@ -101,6 +101,14 @@ def tiny_wds(root: Path, samples: list[list[tuple[str, bytes]]], classnames=("a"
     return root
 
 
+@pytest.fixture(autouse=True)
+def index_cache(tmp_path_factory, monkeypatch):
+    """Shard indexes persist under $HARNESS_CACHE: keep them out of the home folder."""
+    d = tmp_path_factory.getbasetemp() / "harness-cache"
+    monkeypatch.setenv("HARNESS_CACHE", str(d))
+    return d
+
+
 @pytest.fixture(scope="module")
 def trees(tmp_path_factory):
     base = tmp_path_factory.mktemp("wds")
@@ -177,6 +185,40 @@ def test_fingerprint_is_cheap_and_follows_the_files(trees, tmp_path):
     fp2 = open_dataset(spec(shards)).splits["test"].fingerprint()
     (shards / "classnames.txt").write_text("\n".join(n + " " for n in MNIST_NAMES) + "x\n")
     assert open_dataset(spec(shards)).splits["test"].fingerprint() != fp2
+
+
+def test_index_persists_and_a_damaged_one_is_rebuilt(trees, tmp_path, monkeypatch, index_cache):
+    from harness.data import wds
+
+    root = shutil.copytree(trees[1], tmp_path / "w")
+    wds._memo.clear()
+    first = open_dataset(spec(root)).splits["test"]
+    files = sorted(wds.index_dir().rglob("*.npz"))
+    assert wds.index_dir() == index_cache / "wds-index" and len(files) >= 6
+
+    def no_scan(path):
+        raise AssertionError(f"scanned {path}")
+
+    wds._memo.clear()
+    monkeypatch.setattr(wds, "scan_shard", no_scan)
+    again = open_dataset(spec(root)).splits["test"]  # from the persisted index, no scan
+    assert list(map(str, again.items)) == list(map(str, first.items))
+    assert again.labels.tolist() == first.labels.tolist()
+    assert np.array_equal(np.asarray(again.load(9)), np.asarray(first.load(9)))
+    # a touched shard has a new key: scanned again
+    os.utime(root / "test" / "0.tar", ns=(5, 5))
+    wds._memo.clear()
+    with pytest.raises(AssertionError, match=r"scanned .*0.tar"):
+        open_dataset(spec(root))
+    monkeypatch.undo()
+    monkeypatch.setenv("HARNESS_CACHE", str(index_cache))
+    # a damaged index file is ignored and rewritten
+    k = (str(root / "test" / "1.tar"), (root / "test" / "1.tar").stat().st_size,
+         (root / "test" / "1.tar").stat().st_mtime_ns)
+    wds._index_file(k).write_bytes(b"garbage")
+    wds._memo.clear()
+    assert open_dataset(spec(root)).splits["test"].labels.tolist() == first.labels.tolist()
+    assert wds._load_index(wds._index_file(k)) is not None
 
 
 def test_suite_options_and_prompts_override_the_text_files(trees, tmp_path):

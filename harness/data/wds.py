@@ -29,9 +29,10 @@ small tar header scanner (POSIX ustar, pax ``path``/``size`` records and GNU lon
 forms Python's ``tarfile`` -- which webdataset's writer uses -- produces): the byte offset and
 size of every image member and the value of every ``cls`` member.  ``load(i)`` is then one
 ``os.pread`` in the shard file; each worker process opens its own read-only descriptors.
-Nothing is unpacked.  The scanner reads the headers (in 64 KiB windows), not the images, and is
-memoised per process by (path, size, mtime).  The index is not written anywhere: rebuilding it
-costs about a second per 100,000 samples on a laptop-class core.
+Nothing is unpacked.  The scanner reads the headers (in 64 KiB windows), not the images
+(about 15 us of CPU per sample); its result is memoised per process and persisted as a small
+``.npz`` under :func:`index_dir` (``$HARNESS_CACHE/wds-index``), keyed by the shard's path, size
+and mtime, so a warm run reads one small file per shard instead of scanning it.
 
 The split fingerprint (the feature-cache key) is cheap: every shard's path, size and mtime, the
 two text files' path, size and mtime, and the labels.
@@ -43,6 +44,7 @@ largest label + 1 are each a one-line :class:`~harness.errors.DataError` naming 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import threading
@@ -165,9 +167,9 @@ def _members(path: str):
                 return  # end of archive (a second zero block and padding may follow)
             kind = hdr[156:157]
             try:
-                # checksums of the first header and of every file header (the pax records
-                # between them are checked by parsing)
-                if (pos == 0 or kind in _FILE) and _octal(hdr[148:156]) != sum(hdr) - sum(hdr[148:156]) + 256:
+                # checksums of the first header and of every file header
+                if (pos == 0 or kind in _FILE) and \
+                        _octal(hdr[148:156]) != sum(hdr) - sum(hdr[148:156]) + 256:
                     raise ValueError
                 size = int(pax["size"]) if "size" in pax else _octal(hdr[124:136])
             except ValueError:
@@ -181,7 +183,9 @@ def _members(path: str):
                                 "copy the shard again")
             if kind in (b"x", b"X"):
                 try:
-                    pax = _pax(win.read(data_at, size))
+                    rec = win.read(data_at, size)
+                    # only path and size matter here (webdataset's writer adds mtime only)
+                    pax = _pax(rec) if b" path=" in rec or b" size=" in rec else {}
                 except ValueError:
                     raise DataError(f"{path}: damaged pax header at byte {pos}; expected a "
                                     "WebDataset .tar shard") from None
@@ -260,16 +264,54 @@ def scan_shard(path: str) -> ShardIndex:
 
 _memo: dict[tuple[str, int, int], ShardIndex] = {}
 _memo_lock = threading.Lock()
+INDEX_VERSION = 1
+
+
+def index_dir() -> Path:
+    """Where shard indexes persist: ``$HARNESS_CACHE/wds-index``, else
+    ``~/.cache/tradeoff-bench/wds-index`` (the feature cache's default folder)."""
+    base = os.environ.get("HARNESS_CACHE") or os.path.join(os.path.expanduser("~"), ".cache",
+                                                           "tradeoff-bench")
+    return Path(base) / "wds-index"
+
+
+def _index_file(k: tuple[str, int, int]) -> Path:
+    h = hashlib.sha256(f"v{INDEX_VERSION}|{k[0]}|{k[1]}|{k[2]}".encode()).hexdigest()[:32]
+    return index_dir() / h[:2] / f"{h}.npz"
+
+
+def _load_index(path: Path) -> ShardIndex | None:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return ShardIndex(z["keys"].tolist(), z["offset"], z["size"], z["label"], z["problem"])
+    except (OSError, ValueError, KeyError, EOFError):
+        return None  # absent or damaged: scan again
+
+
+def _save_index(path: Path, ix: ShardIndex) -> None:
+    from harness._io import atomic_write
+
+    keys = np.array(ix.keys, dtype=str) if ix.keys else np.zeros(0, dtype="U1")
+    try:
+        atomic_write(path, lambda f: np.savez(f, keys=keys, offset=ix.offset, size=ix.size,
+                                              label=ix.label, problem=ix.problem), binary=True)
+    except OSError:
+        pass  # a read-only cache folder: the index is rebuilt next time
 
 
 def shard_index(path: str) -> ShardIndex:
-    """:func:`scan_shard`, memoised per process by (path, size, mtime)."""
+    """:func:`scan_shard`, memoised per process and persisted under :func:`index_dir`, both
+    keyed by the shard's (path, size, mtime)."""
     st = os.stat(path)
-    k = (path, st.st_size, st.st_mtime_ns)
+    k = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
     with _memo_lock:
         hit = _memo.get(k)
     if hit is None:
-        hit = scan_shard(path)
+        file = _index_file(k)
+        hit = _load_index(file)
+        if hit is None:
+            hit = scan_shard(path)
+            _save_index(file, hit)
         with _memo_lock:
             _memo[k] = hit
     return hit
