@@ -44,6 +44,7 @@ largest label + 1 are each a one-line :class:`~harness.errors.DataError` naming 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -390,12 +391,10 @@ class ShardReader:
         return {"shards": self.shards, "_fds": {}, "_pid": -1}
 
     def __del__(self) -> None:
-        if getattr(self, "_pid", None) == os.getpid():
-            for fd in self._fds.values():
-                try:
+        with contextlib.suppress(Exception):  # interpreter shutdown, a descriptor already closed
+            if self._pid == os.getpid():
+                for fd in self._fds.values():
                     os.close(fd)
-                except OSError:
-                    pass
 
 
 # ------------------------------------------------------------------------------ opener
