@@ -504,8 +504,12 @@ def _parse_gate(ctx: _Ctx, i: int, raw: Any, suite_models, suite_datasets) -> Ga
 
 
 def parse_suite(text: str, path: str = "<suite>", base: Path | None = None,
-                defaults: dict[str, str] | None = None) -> Suite:
-    """Parse a suite; ``defaults`` are values for ``${VAR}`` that the environment can override."""
+                defaults: dict[str, str] | None = None, _chain: tuple[str, ...] = ()) -> Suite:
+    """Parse a suite; ``defaults`` are values for ``${VAR}`` that the environment can override.
+
+    ``[suite] include = "other.toml"`` (relative to this file) starts from that suite's models,
+    datasets and gates; a ``[models.X]``/``[datasets.X]`` table here replaces the included
+    table of the same id as a whole (in place), new ids are appended, gates add up."""
     ctx = _Ctx(path, base if base is not None else Path(path).resolve().parent, defaults)
     if len(text) > MAX_SUITE_BYTES:
         raise SuiteError(f"{path}: {len(text)} characters; a suite file may have at most "
@@ -528,9 +532,10 @@ def parse_suite(text: str, path: str = "<suite>", base: Path | None = None,
     if not isinstance(meta, dict):
         raise ctx.err("suite", None, "expected a table")
     for k in meta:
-        if k not in ("name", "description"):
-            raise ctx.err("suite", k, "unknown key; expected name or description")
-        _check_type(ctx, "suite", k, meta[k], (str,), "a string")
+        if k not in ("name", "description", "include"):
+            raise ctx.err("suite", k, "unknown key; expected name, description or include")
+        _check_type(ctx, "suite", k, meta[k], (str,),
+                    "a suite file path" if k == "include" else "a string")
     _check_label(ctx, "suite", meta.get("name"), "name")
     presets = data.get("presets", {})
     if not isinstance(presets, dict) or not all(isinstance(v, dict) for v in presets.values()):
@@ -538,11 +543,17 @@ def parse_suite(text: str, path: str = "<suite>", base: Path | None = None,
     for name, table in presets.items():
         if "preset" in table:
             raise ctx.err(f"presets.{name}", "preset", "a preset cannot name another preset")
+    inc = None
+    if "include" in meta:
+        ipath = str((ctx.base / meta["include"]).resolve())
+        if ipath in _chain + (str(Path(path).resolve()),):
+            raise ctx.err("suite", "include", f"{meta['include']!r} includes itself (cycle)")
+        inc = load_suite(ipath, defaults, _chain + (str(Path(path).resolve()),))
     models_raw = data.get("models", {})
     datasets_raw = data.get("datasets", {})
-    if not isinstance(models_raw, dict) or not models_raw:
+    if not isinstance(models_raw, dict) or not (models_raw or inc):
         raise ctx.err("models", None, "expected at least one [models.ID] table")
-    if not isinstance(datasets_raw, dict) or not datasets_raw:
+    if not isinstance(datasets_raw, dict) or not (datasets_raw or inc):
         raise ctx.err("datasets", None, "expected at least one [datasets.ID] table")
     for kind, raw in (("models", models_raw), ("datasets", datasets_raw)):
         for ident in raw:
@@ -553,14 +564,16 @@ def parse_suite(text: str, path: str = "<suite>", base: Path | None = None,
                 raise ctx.err(f"{kind}.{ident}", None,
                               "ids use letters, digits, '_', '.' and single '-' between parts "
                               "(they appear in test ids)")
-    models = {mid: _parse_model(ctx, mid, _apply_preset(ctx, "models", mid, raw, presets))
-              for mid, raw in models_raw.items()}
+    models = {**(inc.models if inc else {}),
+              **{mid: _parse_model(ctx, mid, _apply_preset(ctx, "models", mid, raw, presets))
+                 for mid, raw in models_raw.items()}}
     from harness.data import formats  # the format registry (no torch)
 
     format_types = {name: types for name, (_opener, types) in formats().items()}
-    datasets = {did: _parse_dataset(ctx, did, _apply_preset(ctx, "datasets", did, raw, presets),
-                                    list(models), format_types)
-                for did, raw in datasets_raw.items()}
+    datasets = {**(inc.datasets if inc else {}),
+                **{did: _parse_dataset(ctx, did, _apply_preset(ctx, "datasets", did, raw, presets),
+                                       list(models), format_types)
+                   for did, raw in datasets_raw.items()}}
     for d in datasets.values():
         if d.models is not None and d.options.get("scoring", "head") == "head" and d.type in ("mad", "pad"):
             headless = [m for m in d.models if models[m].head is None]
@@ -586,13 +599,15 @@ def parse_suite(text: str, path: str = "<suite>", base: Path | None = None,
     gates_raw = data.get("gates", [])
     if not isinstance(gates_raw, list):
         raise ctx.err("gates", None, "expected [[gates]] tables")
-    gates = tuple(_parse_gate(ctx, i, g, models, datasets) for i, g in enumerate(gates_raw))
+    gates = (inc.gates if inc else ()) + tuple(_parse_gate(ctx, i, g, models, datasets)
+                                                for i, g in enumerate(gates_raw))
     name = meta.get("name") or Path(path).stem
     return Suite(path=path, name=name, models=models, datasets=datasets, gates=gates,
                  description=meta.get("description", ""))
 
 
-def load_suite(path: str | os.PathLike, defaults: dict[str, str] | None = None) -> Suite:
+def load_suite(path: str | os.PathLike, defaults: dict[str, str] | None = None,
+               _chain: tuple[str, ...] = ()) -> Suite:
     p = Path(path)
     try:
         if p.is_dir():
@@ -602,7 +617,8 @@ def load_suite(path: str | os.PathLike, defaults: dict[str, str] | None = None) 
         with open(p, "rb") as f:
             data = f.read(MAX_SUITE_BYTES + 1)
     except FileNotFoundError:
-        raise SuiteError(f"{p}: suite file not found") from None
+        raise SuiteError(f"{p}: suite file not found"
+                         + (f" (included by {_chain[-1]})" if _chain else "")) from None
     except OSError as e:
         raise SuiteError(f"{p}: cannot be read ({e.strerror or e})") from None
     if len(data) > MAX_SUITE_BYTES:
@@ -613,7 +629,7 @@ def load_suite(path: str | os.PathLike, defaults: dict[str, str] | None = None) 
         line = data[:e.start].count(b"\n") + 1
         raise SuiteError(f"{p}: not UTF-8 text (byte {e.start}, line {line}); TOML files are "
                          "UTF-8") from None
-    return parse_suite(text, str(p), p.resolve().parent, defaults)
+    return parse_suite(text, str(p), p.resolve().parent, defaults, _chain)
 
 
 def suites_dirs(rootpath: str | os.PathLike) -> list[Path]:

@@ -17,8 +17,10 @@ have no JSON entry and keep their class list.  A list whose length differs from 
 class count raises :class:`DataError` naming both numbers and the file or key.
 
 Templates (each with a ``{c}`` placeholder), first match wins: the suite option
-``templates = "FILE"`` (same file forms), the vendored ``en_zeroshot_classification_templates.json``
-under the prompt key (imagenetv2 -> imagenet1k), else the 80 ``imagenet1k`` templates of CLIP.
+``templates = "FILE"`` (same file forms); the dataset's own templates where its format ships
+them (:data:`FORMAT_TEMPLATES`, e.g. ``wds``'s ``zeroshot_classification_templates.txt``) unless
+the suite sets ``prompts``; the vendored ``en_zeroshot_classification_templates.json`` under the
+prompt key (imagenetv2 -> imagenet1k); else the 80 ``imagenet1k`` templates of CLIP.
 
 So ``format = "imagefolder"`` with ``prompts = "mnist"`` gets the MNIST names and template.
 
@@ -63,6 +65,18 @@ CLEAN: dict[str, Callable[[str], str]] = {
     "food101": lambda c: c.replace("_", " "),
     "sun397": lambda c: c.replace("_", " ").replace("/", " "),
 }
+
+
+# Formats whose files carry their own templates: format -> f(spec) -> (templates, where) or None.
+FORMAT_TEMPLATES: dict[str, Callable[..., tuple[list[str], str] | None]] = {}
+
+
+def _format_templates(spec) -> tuple[list[str], str] | None:
+    from harness.data.base import formats
+
+    formats()  # every format module registered (they fill FORMAT_TEMPLATES)
+    own = FORMAT_TEMPLATES.get(spec.format)
+    return own(spec) if own is not None and not spec.prompts else None
 
 
 def prompt_key(spec) -> str:
@@ -185,6 +199,8 @@ def _templates(spec) -> tuple[list[str], str]:
     if option:
         templates = read_list_file(option, _keys(spec))
         where = f"{option} ([datasets.{spec.id}] templates)"
+    elif (own := _format_templates(spec)) is not None:
+        templates, where = own
     else:
         key = prompt_key(spec)
         templates = vendored_templates(key)

@@ -20,6 +20,7 @@ FORMAT_MODULES: tuple[str, ...] = (
     "harness.data.lfw",              # LFW pairs.txt + image folder
     "harness.data.ijb",              # IJB-B / IJB-C meta/ + loose_crop/
     "harness.data.attack_list",      # MAD / PAD list files and per-method folders
+    "harness.data.wds",              # CLIP_benchmark WebDataset shards (wds_* collection)
 )
 
 Opener = Callable[..., Any]
