@@ -7,6 +7,7 @@ whose dataset lists the protocol (markers: the protocol's name and ``biometric``
 import pytest
 
 from harness.protocols import attack, ijb, verification
+from harness.scores import ScoreSet, relative_paths
 
 DEFAULT_PROMPTS = {
     "bona_fide": ["a bona-fide presentation"],
@@ -22,7 +23,9 @@ def test_verification(harness_case):
     issame = case.dataset.split("test").meta["issame"]
     metrics = case.measure(verification.evaluate, feats.x, issame, n_folds=case.option("n_folds"),
                            n_images=len(feats))
-    case.record(metrics, n_pairs=int(len(issame)), flip=flip)
+    scores = ScoreSet(verification.pair_cosine(feats.x[0::2], feats.x[1::2]), issame)
+    case.record(metrics, scores=scores, n_pairs=int(len(issame)), flip=flip,
+                n_folds=case.option("n_folds"))
 
 
 def test_ijb(harness_case):
@@ -34,13 +37,17 @@ def test_ijb(harness_case):
         meta["pairs"], meta["pair_label"], far_rule=case.option("far_rule"),
         detector_score_weight=case.option("detector_score_weight"),
         image_norm=case.option("image_norm"), n_images=len(feats))
-    case.record(metrics, **details)
+    templates, tfeats = ijb.template_features(
+        feats.x, meta["template_id"], meta["media_id"], meta["faceness"],
+        detector_score_weight=case.option("detector_score_weight"), image_norm=case.option("image_norm"))
+    scores = ScoreSet(ijb.pair_scores(templates, tfeats, meta["pairs"]), meta["pair_label"])
+    case.record(metrics, scores=scores, **details)
 
 
 def _scores(case, split, dataset=None):
     """Score one split P(bona fide)-wise with the dataset's scoring mode.
 
-    Returns (scores, labels, attack_types, video_ids) over the readable images."""
+    Returns (scores, labels, attack_types, video_ids, paths) over the readable images."""
     ds = dataset or case.dataset
     sp = ds.split(split)
     f = case.features(split, dataset=ds, unreadable="keep")
@@ -65,20 +72,21 @@ def _scores(case, split, dataset=None):
     meta = sp.meta
     types = meta.get("attack_type")
     videos = meta.get("video_id")
+    items = [sp.items[i] for i in range(len(sp.items)) if keep[i]]
     return (scores, sp.labels[keep], None if types is None else types[keep],
-            None if videos is None else videos[keep])
+            None if videos is None else videos[keep], relative_paths(items, case.dataset_spec.root))
 
 
 def _attack_case(case):
-    scores, labels, types, videos = _scores(case, "test")
+    scores, labels, types, videos, paths = _scores(case, "test")
     threshold = case.option("threshold")
     dev = {}
     if threshold == "dev-eer":
         other = case.option("dev")
         if other:
-            d_scores, d_labels, _, d_videos = _scores(case, "test", case.other_dataset(other))
+            d_scores, d_labels, _, d_videos, _ = _scores(case, "test", case.other_dataset(other))
         elif "dev" in case.dataset.splits:
-            d_scores, d_labels, _, d_videos = _scores(case, "dev")
+            d_scores, d_labels, _, d_videos, _ = _scores(case, "dev")
         else:
             pytest.fail(f"{case.dataset_spec.source}: [datasets.{case.dataset.id}] threshold = "
                         "'dev-eer' needs a 'dev' split or dev = 'DATASET_ID'", pytrace=False)
@@ -86,7 +94,9 @@ def _attack_case(case):
     result = case.measure(attack.evaluate, case.protocol, scores, labels, types, videos,
                           threshold=threshold, video_average=case.option("video_average"),
                           n_images=len(scores), **dev)
-    case.record(result.metrics, scoring=case.option("scoring"), **result.details)
+    raw = ScoreSet(scores, labels, paths=paths,
+                   attack_types=None if types is None else types, video_ids=videos)
+    case.record(result.metrics, scores=raw, scoring=case.option("scoring"), **result.details)
 
 
 def test_mad(harness_case):
