@@ -23,7 +23,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 Z95 = 1.959963984540054  # two-sided 95 % standard normal quantile
-DEFAULT_B = 1000          # bootstrap resamples
+DEFAULT_B = 500           # bootstrap resamples (percentile interval)
 MAX_WORK = 2e7            # cap on resamples x samples per case (B shrinks for big sets)
 MIN_B = 100
 SEED = 0
@@ -49,13 +49,16 @@ def n_resamples(n: int, b: int = DEFAULT_B) -> int:
     return int(max(MIN_B, min(b, MAX_WORK // max(n, 1))))
 
 
-def resample_indices(strata: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """One bootstrap resample: within each stratum, draw its size with replacement."""
-    out = []
-    for s in np.unique(strata):
-        idx = np.flatnonzero(strata == s)
-        out.append(rng.choice(idx, size=len(idx), replace=True))
+def resample_indices(strata: np.ndarray | list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
+    """One bootstrap resample: within each stratum, draw its size with replacement.
+    ``strata``: one label per row, or the row indices of each stratum (faster, precomputed)."""
+    groups = _groups(strata) if isinstance(strata, np.ndarray) else strata
+    out = [idx[rng.integers(0, len(idx), size=len(idx))] for idx in groups if len(idx)]
     return np.sort(np.concatenate(out)) if out else np.zeros(0, dtype=np.int64)
+
+
+def _groups(strata: np.ndarray) -> list[np.ndarray]:
+    return [np.flatnonzero(strata == v) for v in np.unique(strata)]
 
 
 def bootstrap_ci(stat: Callable[[np.ndarray], dict[str, float]], n: int, *,
@@ -72,9 +75,10 @@ def bootstrap_ci(stat: Callable[[np.ndarray], dict[str, float]], n: int, *,
     if len(st) != n:
         raise ValueError(f"strata has {len(st)} entries for {n} samples")
     rng = np.random.default_rng(seed)
+    groups = _groups(st)
     draws: dict[str, list[float]] = {}
     for _ in range(int(b)):
-        for k, v in stat(resample_indices(st, rng)).items():
+        for k, v in stat(resample_indices(groups, rng)).items():
             if v is not None and math.isfinite(v):
                 draws.setdefault(k, []).append(float(v))
     lo_q, hi_q = 100 * (1 - level) / 2, 100 * (1 + level) / 2
@@ -132,17 +136,51 @@ def _tar_stat(scores: np.ndarray, labels: np.ndarray, fars: dict[str, float], fa
     return stat
 
 
-def _attack_stat(protocol: str, scores, labels, types, threshold: Any, wanted: Sequence[str]):
+def _attack_stat(protocol: str, scores, labels, types, threshold: Any, wanted: Sequence[str],
+                 rule: str | None = None):
+    """Resample statistic of MAD/PAD: the error rates as :mod:`harness.protocols.attack`
+    defines them (MAD: mean over morphing methods; PAD: APCER the maximum over attack types).
+    ISO rule computed directly; another ``metric_rule`` through the protocol itself."""
+    from harness import metrics as M
     from harness.protocols import attack
 
-    def stat(idx: np.ndarray) -> dict[str, float]:
-        t = None if types is None else types[idx]
-        try:
-            r = attack.evaluate(protocol, scores[idx], labels[idx], t, None, threshold=threshold,
-                                video_average=False)
-        except ValueError:
+    if rule not in (None, "iso"):
+        def slow(idx: np.ndarray) -> dict[str, float]:
+            t = None if types is None else types[idx]
+            try:
+                r = attack.evaluate(protocol, scores[idx], labels[idx], t, None, threshold=threshold,
+                                    video_average=False, metric_rule=rule)
+            except (ValueError, TypeError):
+                return {}
+            return {k: r.metrics[k] for k in wanted if k in r.metrics}
+        return slow
+    fixed = None if threshold == "test-eer" else float(threshold)
+
+    def rates(s: np.ndarray, y: np.ndarray, t_types) -> dict[str, float]:
+        yb = y == 1
+        if yb.all() or not yb.any():
             return {}
-        return {k: r.metrics[k] for k in wanted if k in r.metrics}
+        t = M.eer_threshold(s, y) if fixed is None else fixed
+        ap_max = M.apcer(s, y, t, t_types, "max") if t_types is not None else M.apcer(s, y, t)
+        ap_pool = M.apcer(s, y, t, t_types, "pooled") if t_types is not None else ap_max
+        bp = M.bpcer(s, y, t)
+        out = {"eer": M.eer(s, y), "auc": M.roc_auc(s, y), "hter": (ap_pool + bp) / 2,
+               "apcer": ap_max, "bpcer": bp, "acer": (ap_max + bp) / 2}
+        return {k: float(v) for k, v in out.items() if k in wanted}
+
+    def stat(idx: np.ndarray) -> dict[str, float]:
+        s, y = scores[idx], labels[idx]
+        t = None if types is None else types[idx]
+        if protocol == "pad":
+            return rates(s, y, t)
+        if t is None:
+            return {}
+        methods = sorted(set(t[y != 1].tolist()))
+        per = [rates(s[(y == 1) | (t == m)], y[(y == 1) | (t == m)], None) for m in methods]
+        per = [p for p in per if p]
+        if not per:
+            return {}
+        return {k: float(np.mean([p[k] for p in per])) for k in per[0]}
     return stat
 
 
@@ -245,7 +283,7 @@ def case_statistics(protocol: str, metrics: dict[str, float], details: dict[str,
             thr: Any = "test-eer" if src == "test-eer" else details.get("threshold")
             if thr is None:
                 thr = "test-eer"
-            wanted = [k for k in ("eer", "hter", "apcer", "bpcer", "acer", "auc") if k in metrics]
+            wanted = [k for k in ("eer", "hter", "apcer", "bpcer", "acer") if k in metrics]
             types = None if scores.attack_types is None else np.asarray(scores.attack_types)
             groups = getattr(scores, "video_ids", None)
             unit = "samples"
@@ -256,7 +294,8 @@ def case_statistics(protocol: str, metrics: dict[str, float], details: dict[str,
                 y = y.astype(np.int64)
                 unit = "videos"
             nb = n_resamples(len(s), b)
-            ci.update(bootstrap_ci(_attack_stat(protocol, s, y, types, thr, wanted), len(s),
+            rule = details.get("metric_rule")
+            ci.update(bootstrap_ci(_attack_stat(protocol, s, y, types, thr, wanted, rule), len(s),
                                    strata=y, b=nb, seed=seed))
             held = "re-estimated" if thr == "test-eer" else f"held at the {src} threshold"
             for k in ci:
