@@ -74,16 +74,29 @@ def tradeoff_figure(records: list[CaseRecord], protocol: str, models: dict[str, 
             series.setdefault(p, []).append((sign * 100 * d, g, models[m]))
     if not series:
         return None
-    fig, (ax,) = _new(1, 6.4, 4.8)
+    fig, (ax,) = _new(1, 7.2, 5.0)
+    plt = _plt()
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    names = list(dict.fromkeys(lab for pts in series.values() for _, _, lab in pts))
+    color = {lab: colors[i % len(colors)] for i, lab in enumerate(names)}
+    by_model: dict[str, list[tuple[float, float]]] = {}
     for i, (p, pts) in enumerate(series.items()):
-        xs, ys = [x for x, _, _ in pts], [y for _, y, _ in pts]
-        ax.scatter(xs, ys, marker=MARKERS[i % len(MARKERS)], s=60, label=f"{p} GELO", zorder=3)
+        ax.scatter([x for x, _, _ in pts], [y for _, y, _ in pts], marker=MARKERS[i % len(MARKERS)],
+                   s=70, c=[color[lab] for _, _, lab in pts], edgecolors="black", linewidths=0.5,
+                   zorder=3)
         for x, y, lab in pts:
-            ax.annotate(lab, (x, y), textcoords="offset points", xytext=(6, 4 + 10 * i), fontsize=8)
+            by_model.setdefault(lab, []).append((x, y))
+    for lab, pts in by_model.items():  # one model's points joined: same gain, two GELOs
+        pts.sort(key=lambda q: q[1])
+        ax.plot([x for x, _ in pts], [y for _, y in pts], color=color[lab], lw=1, alpha=0.6,
+                label=lab)
+    for i, p in enumerate(series):
+        ax.scatter([], [], marker=MARKERS[i % len(MARKERS)], c="white", edgecolors="black",
+                   label=f"{p} GELO")
     ax.axhline(1.0, color="grey", lw=0.8, ls="--")
     ax.axvline(0.0, color="grey", lw=0.8, ls="--")
     better = "lower" if sign < 0 else "higher"
-    ax.set_xlabel(f"in-domain gain on {protocol} {metric} vs base (percentage points, + = {better} {metric})")
+    ax.set_xlabel(f"gain on {protocol} {metric} vs base model\n(percentage points; + = {better} {metric}, better)")
     ax.set_ylabel("GELO (general ability kept; 1 = no loss)")
     ax.set_title(f"Trade-off: {protocol} gain vs general-vision GELO")
     ax.legend(loc="best", fontsize=8)
@@ -185,7 +198,7 @@ def roc_det_figure(curves: dict[str, tuple[np.ndarray, np.ndarray, int, int]], p
     det.set_title(f"DET — {dataset_label} ({protocol})")
     for ax in (roc, det):
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right" if ax is roc else "upper right")
+        ax.legend(fontsize=8, loc="lower right" if ax is roc else "lower left")
     fig.text(0.5, 0.005, "values below 1/n are drawn at 1/(2n) (n: impostor or genuine count)",
              ha="center", fontsize=7, color="grey")
     fig.tight_layout(rect=(0, 0.03, 1, 1))
@@ -215,7 +228,7 @@ def tar_far_figure(curves: dict[str, tuple[np.ndarray, np.ndarray, int, int]], d
     ax.set_ylabel("TAR (true accept rate)")
     ax.set_title(f"IJB TAR vs FAR — {dataset_label}")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     return fig
 

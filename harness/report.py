@@ -215,6 +215,14 @@ def delta(mat: dict[str, dict[str, float]], model: str, base: str | None) -> flo
     return None if ma is None or mb is None else ma - mb
 
 
+def methods_text(meth: dict[str, str]) -> str:
+    """``{metric: method}`` as "a, b: method; c: other" (metrics sharing a method together)."""
+    by: dict[str, list[str]] = {}
+    for k, v in meth.items():
+        by.setdefault(v, []).append(k)
+    return "; ".join(f"{', '.join(ks)}: {v}" for v, ks in by.items())
+
+
 def _values_of(records: list[CaseRecord], key: str) -> list[str]:
     seen: dict[str, None] = {}
     for r in records:
@@ -224,7 +232,8 @@ def _values_of(records: list[CaseRecord], key: str) -> list[str]:
     return list(seen)
 
 
-def protocol_caption(records: list[CaseRecord], protocol: str, metric: str, avg_head: str) -> str:
+def protocol_caption(records: list[CaseRecord], protocol: str, metric: str, avg_head: str,
+                     show_ci: bool = False) -> str:
     arrow = "↓ lower is better" if lower_is_better(metric) else "↑ higher is better"
     parts = [f"{metric} in %, {arrow}."]
     if avg_head == "Avg":
@@ -241,7 +250,8 @@ def protocol_caption(records: list[CaseRecord], protocol: str, metric: str, avg_
                      "both have, in percentage points (GELO is defined for general-vision "
                      "protocols only).")
     parts.append("**Bold**: best passed value per column.")
-    parts.append("[a, b]: 95 % interval.")
+    if show_ci:
+        parts.append("[a, b]: 95 % confidence interval (method below).")
     if protocol in ("mad", "pad"):
         src = _values_of([r for r in records if r.protocol == protocol], "threshold_source")
         rule = _values_of([r for r in records if r.protocol == protocol], "metric_rule")
@@ -344,7 +354,7 @@ def summary_table(records: list[CaseRecord], models: dict[str, str],
             row.append("–" if g is None else f"{g:.3f}")
         rows.append(row)
     headers = (["Model", "Base"]
-               + [f"{p} Δ{headline(p)} {_arrow(headline(p))} (pts)" for p in bio]
+               + [f"{p} Δ {headline(p)} {_arrow(headline(p))} (pts)" for p in bio]
                + [f"{p} GELO ↑" for p in gen])
     return _table(headers, rows)
 
@@ -467,7 +477,7 @@ def render_run(data: RunData | None, records: list[CaseRecord], run: dict[str, A
             ds = [d for d in datasets if any(k[1] == d for k in cells.recs)]
             rows = {m: {d: 0.0 for d in ds if cells.value(m, d) is not None} for m in models}
             head, _ = _avg_rule({m: r for m, r in rows.items() if r}, ds)
-            parts += [t, "", _caption(protocol_caption(records, p, metric, head)), ""]
+            parts += [t, "", _caption(protocol_caption(records, p, metric, head, opts.show_ci)), ""]
         else:
             parts += ["_no cases_", ""]
         if PROTOCOLS[p].group == "biometric":
@@ -485,8 +495,8 @@ def render_run(data: RunData | None, records: list[CaseRecord], run: dict[str, A
                         cap += (" Threshold: " + (", ".join(src) or "not recorded") + "; metric rule: "
                                 + (", ".join(rule) or "iso (default)") + ".")
                     meth = next((r.ci_method for r in sub if r.ci_method), None)
-                    if meth:
-                        cap += " Intervals: " + "; ".join(f"{k}: {v}" for k, v in meth.items()) + "."
+                    if meth and opts.show_ci:
+                        cap += " Intervals: " + methods_text(meth) + "."
                     cap += " Marks: " + LEGEND + "."
                     parts += [f"### {p} — {_esc(datasets[d])} (%)", "", dt, "", _caption(cap), ""]
                 mt = method_table(records, p, d, models) if p == "mad" else None
@@ -495,8 +505,7 @@ def render_run(data: RunData | None, records: list[CaseRecord], run: dict[str, A
         else:
             meth = next((r.ci_method for r in records if r.protocol == p and r.ci_method), None)
             if meth and opts.show_ci:
-                parts += [_caption("Intervals: " + "; ".join(f"{k}: {v}" for k, v in meth.items())
-                                   + "."), ""]
+                parts += [_caption("Intervals: " + methods_text(meth) + "."), ""]
 
     if opts.plots:
         parts += ["## Figures", ""]
