@@ -211,9 +211,7 @@ class ResultStore:
             if self._journal_fd is None:
                 jp.parent.mkdir(parents=True, exist_ok=True)
                 self._journal_fd = os.open(jp, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
-            view = memoryview(line)
-            while view:
-                view = view[os.write(self._journal_fd, view):]
+            _write_all(self._journal_fd, line)
         except OSError as e:
             self.write_error = f"{jp}: {e.strerror or e}"
 
@@ -266,6 +264,12 @@ class ResultStore:
             except OSError:
                 pass
         return ok
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _plain(x: Any) -> Any:
