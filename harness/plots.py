@@ -269,13 +269,14 @@ def make_plots(out_dir: str | Path, records: list[CaseRecord], run: dict[str, An
          "Relative change per dataset vs base model")
     if scores is None:
         return made
+    by_key = {r.key: r for r in records}
     for p in PROTOCOLS:
         if is_general(p):
             continue
         for d in datasets:
             curves = {}
             for m in models:
-                rec = next((r for r in records if r.key == (p, m, d)), None)
+                rec = by_key.get((p, m, d))
                 if rec is None or rec.status not in ("passed", "failed"):
                     continue
                 s = scores(rec)

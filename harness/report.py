@@ -134,7 +134,9 @@ def _avg_rule(rows: dict[str, dict[str, float]], ds: list[str]) -> tuple[str, li
     """(header, datasets to average over): all shown datasets when every row has them all,
     else the datasets every row has (counted in the header), else None (each row's own
     datasets, counted in each cell)."""
-    common = [d for d in ds if rows and all(d in row for row in rows.values())]
+    if not rows:
+        return "Avg", ds
+    common = [d for d in ds if all(d in row for row in rows.values())]
     if len(common) == len(ds):
         return "Avg", ds
     if common:
@@ -152,8 +154,10 @@ def protocol_table(records: list[CaseRecord], protocol: str, models: dict[str, s
     cells = Cells(records, protocol, metric)
     if not cells.recs:
         return None
-    ds = [d for d in datasets if any(k[1] == d for k in cells.recs)]
-    ms = [m for m in models if any(k[0] == m for k in cells.recs)]
+    have_d = {k[1] for k in cells.recs}
+    have_m = {k[0] for k in cells.recs}
+    ds = [d for d in datasets if d in have_d]
+    ms = [m for m in models if m in have_m]
     lower = lower_is_better(metric)
     measured = {m: {d: v for d in ds if (v := cells.value(m, d)) is not None} for m in ms}
     passed = {m: {d: v for d in ds if (v := cells.value(m, d, measured=False)) is not None} for m in ms}
@@ -414,17 +418,18 @@ def comparison_table(records: list[CaseRecord], base: RunData, models: dict[str,
 # ----------------------------------------------------------------------------- report
 
 def _sizes_table(records: list[CaseRecord], datasets: dict[str, str]) -> str | None:
-    seen: dict[str, tuple[str, str]] = {}
-    for d in datasets:
-        for r in records:
-            if r.dataset == d and r.n:
-                seen.setdefault(d, (", ".join(sorted({x.protocol for x in records if x.dataset == d})),
-                                    ", ".join(f"{v:,} {k.replace('_', ' ')}" for k, v in r.n.items())))
-                break
-    if not seen:
+    protos: dict[str, set[str]] = {}
+    first_n: dict[str, dict[str, int]] = {}
+    for r in records:
+        protos.setdefault(r.dataset, set()).add(r.protocol)
+        if r.n and r.dataset not in first_n:
+            first_n[r.dataset] = r.n
+    rows = [[_esc(datasets[d]), ", ".join(sorted(protos[d])),
+             ", ".join(f"{v:,} {k.replace('_', ' ')}" for k, v in first_n[d].items())]
+            for d in datasets if d in first_n]
+    if not rows:
         return None
-    return _table(["Dataset", "Protocols", "Test set (n)"],
-                  [[_esc(datasets[d]), p, n] for d, (p, n) in seen.items()])
+    return _table(["Dataset", "Protocols", "Test set (n)"], rows)
 
 
 def render_run(data: RunData | None, records: list[CaseRecord], run: dict[str, Any],
@@ -467,24 +472,30 @@ def render_run(data: RunData | None, records: list[CaseRecord], run: dict[str, A
     if sizes:
         parts += ["## Test sets", "", sizes, ""]
 
-    for p in [p for p in PROTOCOLS if any(r.protocol == p for r in records)]:
+    by_p: dict[str, list[CaseRecord]] = {}
+    by_pd: dict[tuple[str, str], list[CaseRecord]] = {}
+    for r in records:
+        by_p.setdefault(r.protocol, []).append(r)
+        by_pd.setdefault((r.protocol, r.dataset), []).append(r)
+    for p in [p for p in PROTOCOLS if p in by_p]:
         metric = headline(p)
-        t = protocol_table(records, p, models, datasets, baselines, show_ci=opts.show_ci)
+        t = protocol_table(by_p[p], p, models, datasets, baselines, show_ci=opts.show_ci)
         parts.append(f"## {p} — {metric} {_arrow(metric)} (%)")
         parts.append("")
         if t:
-            cells = Cells(records, p, metric)
-            ds = [d for d in datasets if any(k[1] == d for k in cells.recs)]
+            cells = Cells(by_p[p], p, metric)
+            have_d = {k[1] for k in cells.recs}
+            ds = [d for d in datasets if d in have_d]
             rows = {m: {d: 0.0 for d in ds if cells.value(m, d) is not None} for m in models}
             head, _ = _avg_rule({m: r for m, r in rows.items() if r}, ds)
-            parts += [t, "", _caption(protocol_caption(records, p, metric, head, opts.show_ci)), ""]
+            parts += [t, "", _caption(protocol_caption(by_p[p], p, metric, head, opts.show_ci)), ""]
         else:
             parts += ["_no cases_", ""]
         if PROTOCOLS[p].group == "biometric":
             for d in datasets:
-                dt = detail_table(records, p, d, models, show_ci=opts.show_ci)
+                sub = by_pd.get((p, d), [])
+                dt = detail_table(sub, p, d, models, show_ci=opts.show_ci) if sub else None
                 if dt:
-                    sub = [r for r in records if r.protocol == p and r.dataset == d]
                     cap = "All metrics in %; arrows: ↑ higher / ↓ lower is better; **bold**: best passed."
                     ns = next((r.n for r in sub if r.n), None)
                     if ns:
@@ -499,11 +510,11 @@ def render_run(data: RunData | None, records: list[CaseRecord], run: dict[str, A
                         cap += " Intervals: " + methods_text(meth) + "."
                     cap += " Marks: " + LEGEND + "."
                     parts += [f"### {p} — {_esc(datasets[d])} (%)", "", dt, "", _caption(cap), ""]
-                mt = method_table(records, p, d, models) if p == "mad" else None
+                mt = method_table(sub, p, d, models) if p == "mad" and sub else None
                 if mt:
                     parts += [f"### {p} — {_esc(datasets[d])} per method (%)", "", mt, ""]
         else:
-            meth = next((r.ci_method for r in records if r.protocol == p and r.ci_method), None)
+            meth = next((r.ci_method for r in by_p[p] if r.ci_method), None)
             if meth and opts.show_ci:
                 parts += [_caption("Intervals: " + methods_text(meth) + "."), ""]
 

@@ -16,11 +16,12 @@ Rendering lives in :mod:`harness.report`, plots in :mod:`harness.plots`, exports
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -51,13 +52,16 @@ class CaseRecord:
         return (self.protocol, self.model, self.dataset)
 
     def to_json(self) -> dict:
-        d = asdict(self)
-        for k in ("reason",):
-            if d[k] is None:
-                d.pop(k)
+        d: dict[str, Any] = {"model": self.model, "dataset": self.dataset, "protocol": self.protocol,
+                             "status": self.status, "seconds": self.seconds,
+                             "metrics": dict(self.metrics)}
+        if self.reason is not None:
+            d["reason"] = self.reason
         for k in ("details", "n", "ci", "ci_method"):
-            if not d[k]:
-                d.pop(k)
+            v = getattr(self, k)
+            if v:
+                d[k] = copy.deepcopy(v) if k == "details" else dict(v)
+        d["nodeid"] = self.nodeid
         return d
 
     @classmethod
@@ -175,6 +179,8 @@ class ResultStore:
         self._journal_fd: int | None = None
         self.write_error: str | None = None   # the last failed write (None once one succeeds)
         self.writes = 0                        # full rewrites done (for tests and perf checks)
+        self._lines: dict[tuple[str, str, str], str] = {}  # each record's JSON, made once
+        self._last_cost = 0.0                  # seconds the last full write took
 
     @property
     def journal_path(self) -> Path | None:
@@ -185,10 +191,13 @@ class ResultStore:
 
     def update(self, rec: CaseRecord) -> None:
         self.records[rec.key] = rec
+        self._lines.pop(rec.key, None)
         self._dirty = True
         if rec.status != "not run":
             self._journal(rec)
-        if self.clock() - self._last_full >= self.flush_interval:
+        # at most every flush_interval, and never more than ~1/10 of the time in full writes
+        wait = max(self.flush_interval, 10 * self._last_cost) if self.flush_interval > 0 else 0.0
+        if self.clock() - self._last_full >= wait:
             self.flush()
 
     def count_load(self, model: str) -> None:
@@ -201,12 +210,31 @@ class ResultStore:
         return {"run": run, "cases": [r.to_json() for r in recs],
                 "gelo": gelo_table(recs, self.baselines)}
 
+    def _line(self, rec: CaseRecord) -> str:
+        line = self._lines.get(rec.key)
+        if line is None:
+            line = json.dumps(_plain(rec.to_json()), separators=(",", ":"), ensure_ascii=False)
+            if rec.status != "not run":
+                self._lines[rec.key] = line
+        return line
+
+    def text(self) -> str:
+        """results.json's text: one case per line (fast: each finished case is serialised
+        once; the C encoder throughout)."""
+        recs = list(self.records.values())
+        run = dict(self.run)
+        run["model_loads"] = dict(self.model_loads)
+        cases = ",\n  ".join(self._line(r) for r in recs)
+        return ('{\n"run": ' + json.dumps(_plain(run), ensure_ascii=False)
+                + ',\n"cases": [\n  ' + cases + "\n],\n"
+                + '"gelo": ' + json.dumps(_plain(gelo_table(recs, self.baselines))) + "\n}\n")
+
     # -- writing
     def _journal(self, rec: CaseRecord) -> None:
         jp = self.journal_path
         if jp is None:
             return
-        line = (json.dumps(_plain(rec.to_json()), separators=(",", ":")) + "\n").encode()
+        line = (self._line(rec) + "\n").encode()
         try:
             if self._journal_fd is None:
                 jp.parent.mkdir(parents=True, exist_ok=True)
@@ -225,12 +253,14 @@ class ResultStore:
         self._last_full = self.clock()
         if self.path is None:
             return True
+        t0 = time.perf_counter()
         try:
-            write_text_atomic(self.path, json.dumps(_plain(self.to_json()), indent=2) + "\n")
+            write_text_atomic(self.path, self.text())
         except OSError as e:
             self.write_error = f"{self.path}: {e.strerror or e}"
             return False
         self.writes += 1
+        self._last_cost = time.perf_counter() - t0
         self._dirty = False
         self.write_error = None
         self._reset_journal()
