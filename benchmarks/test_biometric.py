@@ -24,7 +24,7 @@ def test_verification(harness_case):
     metrics = case.measure(verification.evaluate, feats.x, issame, n_folds=case.option("n_folds"),
                            n_images=len(feats))
     scores = ScoreSet(verification.pair_cosine(feats.x[0::2], feats.x[1::2]), issame)
-    case.record(metrics, scores=scores, n_pairs=int(len(issame)), flip=flip,
+    case.record(metrics, scores=scores, n_pairs=len(issame), flip=flip,
                 n_folds=case.option("n_folds"))
 
 

@@ -18,8 +18,9 @@ import csv
 import io
 import json
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from harness.results import CaseRecord, write_text_atomic
 

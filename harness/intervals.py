@@ -18,7 +18,8 @@ case from its protocol, metrics, details and (optionally) its :class:`~harness.s
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -218,7 +219,7 @@ def sample_sizes(protocol: str, details: dict[str, Any], scores: Any = None) -> 
         put("attack", "n_attack")
     if scores is not None and protocol in ("verification", "ijb"):
         y = np.asarray(scores.labels)
-        n.setdefault("pairs", int(len(y)))
+        n.setdefault("pairs", len(y))
         n.setdefault("genuine_pairs", int(np.count_nonzero(y == 1)))
         n.setdefault("impostor_pairs", int(np.count_nonzero(y != 1)))
     return n
@@ -286,7 +287,7 @@ def case_statistics(protocol: str, metrics: dict[str, float], details: dict[str,
             wanted = [k for k in ("eer", "hter", "apcer", "bpcer", "acer") if k in metrics]
             types = None if scores.attack_types is None else np.asarray(scores.attack_types)
             groups = getattr(scores, "video_ids", None)
-            unit = "samples"
+            unit: str = "samples"
             if groups is not None and details.get("n_scored") not in (None, len(s)):
                 from harness.protocols.attack import average_per_video
 
@@ -294,8 +295,8 @@ def case_statistics(protocol: str, metrics: dict[str, float], details: dict[str,
                 y = y.astype(np.int64)
                 unit = "videos"
             nb = n_resamples(len(s), b)
-            rule = details.get("metric_rule")
-            ci.update(bootstrap_ci(_attack_stat(protocol, s, y, types, thr, wanted, rule), len(s),
+            mrule = details.get("metric_rule")
+            ci.update(bootstrap_ci(_attack_stat(protocol, s, y, types, thr, wanted, mrule), len(s),
                                    strata=y, b=nb, seed=seed))
             held = "re-estimated" if thr == "test-eer" else f"held at the {src} threshold"
             for k in ci:

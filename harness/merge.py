@@ -16,8 +16,9 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from harness.errors import HarnessError
 from harness.results import CaseRecord, ResultStore, RunData, load_run

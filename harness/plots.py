@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -86,9 +87,9 @@ def tradeoff_figure(records: list[CaseRecord], protocol: str, models: dict[str, 
                    zorder=3)
         for x, y, lab in pts:
             by_model.setdefault(lab, []).append((x, y))
-    for lab, pts in by_model.items():  # one model's points joined: same gain, two GELOs
-        pts.sort(key=lambda q: q[1])
-        ax.plot([x for x, _ in pts], [y for _, y in pts], color=color[lab], lw=1, alpha=0.6,
+    for lab, mpts in by_model.items():  # one model's points joined: same gain, two GELOs
+        mpts.sort(key=lambda q: q[1])
+        ax.plot([x for x, _ in mpts], [y for _, y in mpts], color=color[lab], lw=1, alpha=0.6,
                 label=lab)
     for i, p in enumerate(series):
         ax.scatter([], [], marker=MARKERS[i % len(MARKERS)], c="white", edgecolors="black",
@@ -114,8 +115,8 @@ def relative_change_figure(records: list[CaseRecord], models: dict[str, str],
     panels = []
     for p in gens:
         mat = matrix(records, p)
-        tuned = [m for m in models if bases.get(m) and m in mat and bases[m] in mat]
-        ds = [d for d in datasets if any(d in mat.get(m, {}) and d in mat[bases[m]] for m in tuned)]
+        tuned = [m for m in models if bases.get(m) and m in mat and str(bases[m]) in mat]
+        ds = [d for d in datasets if any(d in mat.get(m, {}) and d in mat[str(bases[m])] for m in tuned)]
         if tuned and ds:
             panels.append((p, mat, tuned, ds))
     if not panels:
@@ -125,7 +126,7 @@ def relative_change_figure(records: list[CaseRecord], models: dict[str, str],
         width = 0.8 / len(tuned)
         xs = np.arange(len(ds))
         for i, m in enumerate(tuned):
-            b = bases[m]
+            b = str(bases[m])
             vals = [100 * (mat[m][d] / mat[b][d] - 1) if d in mat[m] and d in mat[b] and mat[b][d]
                     else np.nan for d in ds]
             ax.bar(xs + (i - (len(tuned) - 1) / 2) * width, vals, width, label=models[m])

@@ -12,12 +12,12 @@ table's caption (:data:`MARKS`).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from harness.protocols import PROTOCOLS, lower_is_better
-from harness.results import (STATUSES, CaseRecord, RunData, average, gelo, headline, is_general,
-                             resolvable)
+from harness.results import STATUSES, CaseRecord, RunData, average, gelo, headline, is_general, resolvable
 
 MARKS = {
     "failed": "✗",
@@ -279,11 +279,11 @@ def detail_table(records: list[CaseRecord], protocol: str, dataset: str, models:
                     seen[k] = None
         metrics = list(seen)
     rows = []
-    for k_model in models:
+    for k_model, label in models.items():
         if k_model not in recs:
             continue
         r = recs[k_model]
-        row = [_esc(models[k_model])]
+        row = [_esc(label)]
         for k in metrics:
             c = Cells([r], protocol, k)
             best = _best(recs.values(), k)
@@ -314,7 +314,7 @@ def method_table(records: list[CaseRecord], protocol: str, dataset: str, models:
     by_model = {r.model: r for r in records if r.protocol == protocol and r.dataset == dataset
                 and r.status in ("passed", "failed")}
     rows = []
-    for m in models:
+    for m, label in models.items():
         rec = by_model.get(m)
         if rec is None:
             continue
@@ -324,9 +324,9 @@ def method_table(records: list[CaseRecord], protocol: str, dataset: str, models:
             continue
         mark = " " + MARKS["failed"] if rec.status == "failed" else ""
         for meth in methods:
-            rows.append([_esc(models[m]), _esc(meth)]
+            rows.append([_esc(label), _esc(meth)]
                         + [_pct(rec.metrics.get(f"{k}[{meth}]")) for k in metrics])
-        rows.append([_esc(models[m]) + mark, "average"] + [_pct(rec.metrics.get(k)) for k in metrics])
+        rows.append([_esc(label) + mark, "average"] + [_pct(rec.metrics.get(k)) for k in metrics])
     if not rows:
         return None
     headers = ["Model", "Method"] + [f"{_esc(k)} {_arrow(k)}" for k in metrics]
@@ -406,8 +406,9 @@ def comparison_table(records: list[CaseRecord], base: RunData, models: dict[str,
                 continue
             if not resolvable(r, k):
                 continue
-            rows.append([f"{_esc(r.protocol)}[{_esc(models.get(r.model, r.model))}-"
-                         f"{_esc(datasets.get(r.dataset, r.dataset))}]",
+            name = (f"{_esc(r.protocol)}[{_esc(models.get(r.model, r.model))}-"
+                    f"{_esc(datasets.get(r.dataset, r.dataset))}]")
+            rows.append([name,
                          f"{_esc(k)} {_arrow(k)}", _pct(was), _pct(now), _pts(change), verdict])
     if not rows:
         return None

@@ -21,9 +21,10 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from harness._io import atomic_write
 from harness.protocols import PROTOCOLS, lower_is_better
@@ -65,7 +66,7 @@ class CaseRecord:
         return d
 
     @classmethod
-    def from_json(cls, c: dict) -> "CaseRecord":
+    def from_json(cls, c: dict) -> CaseRecord:
         return cls(model=str(c["model"]), dataset=str(c["dataset"]), protocol=str(c["protocol"]),
                    status=str(c.get("status", "passed")), seconds=float(c.get("seconds") or 0.0),
                    metrics={str(k): float(v) for k, v in (c.get("metrics") or {}).items()
@@ -79,7 +80,9 @@ class CaseRecord:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    atomic_write(path, lambda f: f.write(text))
+    def write(f: Any) -> None:
+        f.write(text)
+    atomic_write(path, write)
 
 
 # ------------------------------------------------------------------------- matrix + GELO
@@ -371,7 +374,7 @@ def load_run(path: str | os.PathLike, what: str = "--baseline") -> RunData:
             except (ValueError, KeyError, TypeError, IndexError):
                 continue  # a line cut short by a kill
             recs[r.key] = r
-    run = data.get("run") if isinstance(data.get("run"), dict) else {}
+    run: dict[str, Any] = data["run"] if isinstance(data.get("run"), dict) else {}
     return RunData(p, dict(run), list(recs.values()))
 
 

@@ -80,8 +80,10 @@ def save_scores(path: str | os.PathLike, s: ScoreSet) -> Path:
     from harness._io import atomic_write
 
     buf = io.BytesIO()
-    np.savez(buf, **s.arrays())
-    atomic_write(path, lambda f: f.write(buf.getvalue()), binary=True)
+    np.savez(buf, **s.arrays())  # type: ignore[arg-type]
+    def write(f: Any) -> None:
+        f.write(buf.getvalue())
+    atomic_write(path, write, binary=True)
     return Path(path)
 
 

@@ -6,8 +6,14 @@ import math
 import numpy as np
 import pytest
 
-from harness.intervals import (bootstrap_ci, case_statistics, contiguous_folds, kfold_accuracy,
-                               sample_sizes, wilson)
+from harness.intervals import (
+    bootstrap_ci,
+    case_statistics,
+    contiguous_folds,
+    kfold_accuracy,
+    sample_sizes,
+    wilson,
+)
 from harness.metrics import verification_accuracy
 from harness.scores import ScoreSet
 
@@ -44,7 +50,7 @@ def test_bootstrap_is_seeded_and_covers_the_truth():
     trials = 200
     for t in range(trials):
         y = np.random.default_rng(100 + t).normal(0.3, 1.0, size=100)
-        lo, hi = bootstrap_ci(lambda idx: {"m": float(y[idx].mean())}, len(y), b=200, seed=t)["m"]
+        lo, hi = bootstrap_ci(lambda idx, y=y: {"m": float(y[idx].mean())}, len(y), b=200, seed=t)["m"]
         hits += lo <= 0.3 <= hi
     assert 0.88 <= hits / trials <= 0.99
 

@@ -251,7 +251,7 @@ def test_merge_of_two_halves_equals_the_single_run(tmp_path):
     from harness.merge import main
     from harness.output import write_outputs
 
-    recs = [R(m, d, p, **{"acc1": v}) for (m, d, p, v) in [
+    recs = [R(m, d, p, acc1=v) for (m, d, p, v) in [
         ("base", "x", "zeroshot", 0.8), ("base", "y", "zeroshot", 0.6), ("ft", "x", "zeroshot", 0.5),
         ("ft", "y", "zeroshot", 0.3), ("base", "x", "linear_probe", 0.9), ("ft", "x", "linear_probe", 0.85)]]
     recs.append(R("ft", "f", "verification", "skipped"))

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from tiny_clip import make_digits_imagefolder, make_tiny_clip
 
 REPO = Path(__file__).resolve().parents[1]

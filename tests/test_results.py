@@ -1,13 +1,23 @@
 """Trade-off matrix, GELO, results store and report rendering."""
 
 import json
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from harness.report import protocol_table, render_report
-from harness.results import (JOURNAL_NAME, CaseRecord, ResultStore, average, gelo, gelo_table,
-                             load_results, load_run, matrix)
+from harness.results import (
+    JOURNAL_NAME,
+    CaseRecord,
+    ResultStore,
+    average,
+    gelo,
+    gelo_table,
+    load_results,
+    load_run,
+    matrix,
+)
 
 acc = st.floats(min_value=0.01, max_value=1.0, allow_nan=False)
 names = st.lists(st.sampled_from(["a", "b", "c", "d", "e", "f"]), min_size=1, max_size=6, unique=True)
