@@ -211,3 +211,25 @@ def test_save_scores_intervals_and_curves(project, xdist):
     assert res.ret == 0
     assert not (project.out / ".scores-tmp").exists()
     assert "roc-det-pad-spoofs.png" in (project.out / "report.md").read_text()
+
+
+INTERRUPT = """
+seen = []
+
+def pytest_runtest_logreport(report):
+    if report.when == "teardown":
+        seen.append(report.nodeid)
+        if len(seen) == 1:
+            raise KeyboardInterrupt   # Ctrl-C after the first case
+"""
+
+
+def test_interrupted_run_says_so_and_lists_what_did_not_run(project):
+    """Issue 11 defect 7: an interrupted run's report did not list the cases that did not run."""
+    res, data = project("-m", "zeroshot", conftest=INTERRUPT, subprocess=True)
+    assert res.ret == 2
+    assert data["run"]["interrupted"] is True
+    report = (project.out / "report.md").read_text()
+    assert "**The run was interrupted**" in report
+    assert "| zeroshot[beta-digits] | not run | did not run |" in report
+    assert "exit status non-zero" not in res.stdout.str()   # interrupted: not-run is expected
