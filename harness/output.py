@@ -152,7 +152,8 @@ BENCHMARK_TABLE_OPTIONS = ("--benchmark-verbose", "--benchmark-columns", "--benc
 
 def quiet_benchmark_table(config: Any) -> None:
     """pytest-benchmark prints a table of every case's single-round timing after the report;
-    hide it (timings still go to --benchmark-json) unless a table option was given."""
+    hide it (timings still go to --benchmark-json) unless a table option was given.  Called at
+    session finish of a run with harness cases only, so other test runs keep their tables."""
     args = [str(a) for a in getattr(config.invocation_params, "args", ())]
     if any(a.startswith(BENCHMARK_TABLE_OPTIONS) for a in args):
         return

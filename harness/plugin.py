@@ -198,7 +198,6 @@ class HarnessSession:
         except HarnessError as e:
             raise pytest.UsageError(str(e)) from None
         self.baseline_metrics = output.baseline_metrics(self.baseline)
-        output.quiet_benchmark_table(self.config)
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node) -> None:
@@ -389,6 +388,9 @@ class HarnessSession:
             session.shouldstop or session.shouldfail)
         out = self.outputs.finish(interrupted=interrupted)
         self._report = out.report
+        from harness.output import quiet_benchmark_table
+
+        quiet_benchmark_table(self.config)  # the run ends on the report, not a timing table
         why = self.outputs.failed(interrupted)
         if why and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
