@@ -95,8 +95,9 @@ def load_scores(path: str | os.PathLike) -> ScoreSet:
 
 
 def relative_paths(items: Any, root: str | os.PathLike) -> np.ndarray:
-    """Item paths relative to the dataset root (a path outside it: as given; an item that is
-    not a path, e.g. encoded bytes in a pack: ``#<index>``)."""
+    """Item paths relative to the dataset root (``../`` where a list file points outside it;
+    a relative item as given; an item that is not a path, e.g. encoded bytes in a pack:
+    ``#<index>``)."""
     r = os.path.abspath(os.fspath(root))
     out = []
     for i, it in enumerate(items):
@@ -106,6 +107,5 @@ def relative_paths(items: Any, root: str | os.PathLike) -> np.ndarray:
             out.append(f"#{i}")
             continue
         p = os.fspath(it)
-        ap = os.path.abspath(p)
-        out.append(os.path.relpath(ap, r) if ap.startswith(r + os.sep) else p)
+        out.append(os.path.relpath(os.path.abspath(p), r) if os.path.isabs(p) else p)
     return np.asarray(out, dtype=str)
