@@ -25,5 +25,5 @@ setup(
     packages=_packages(),
     package_dir={"harness": "harness", **RENAMED},
     package_data={"harness": ["data/*.json", "data/*.txt"],
-                  "tradeoff_bench_benchmarks": ["suites/*.toml"]},
+                  "tradeoff_bench_benchmarks": ["suites/*.toml", "suites/*.json", "suites/*.csv"]},
 )

@@ -30,7 +30,7 @@ from harness.devices import check_device, resolve_device
 from harness.errors import HarnessError
 from harness.gates import check_options, load_baseline, validate_gates
 from harness.protocols import PROTOCOLS, markers
-from harness.results import CaseRecord, ResultStore, render_report
+from harness.results import CaseRecord, ResultStore
 from harness.suite import Suite, load_suite, resolve_suite, suites_dirs
 
 FIXTURES_MODULE = "tradeoff_bench_fixtures"  # the repository's fixtures/ folder, installed
@@ -39,6 +39,7 @@ METRICS_PROP = "harness_metrics"  # user_properties: {metric: float}
 DETAILS_PROP = "harness_details"  # user_properties: {key: plain value}
 LOAD_PROP = "harness_model_load"  # user_properties: model id, on the case that loaded it
 _NO_CASES = "no-cases"            # the id of a benchmark function's stand-in when it has none
+STATS_PROP = "harness_stats"      # user_properties: {"n", "ci", "ci_method"} (harness.output)
 
 __all__ = ["CaseSpec", "resolve_device", "HarnessSession"]  # from harness.cases, harness.devices
 
@@ -81,6 +82,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--shard", default=None, metavar="I/N",
                 help="run a deterministic share I of N of the selected cases (grouped by model); "
                      "join the shards' results with tradeoff-bench-merge")
+    g.addoption("--save-scores", action="store_true", default=False,
+                help="keep raw scores: DIR/scores/<protocol>/<model>--<dataset>.npz")
+    g.addoption("--ci", action="store_true", default=False,
+                help="show 95%% confidence intervals in the report's tables")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -103,6 +108,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(harness_fixtures, "tradeoff-bench-fixtures")
     if any(str(a).startswith("--suite") for a in config.invocation_params.args):
         session.suite  # an explicitly chosen suite is validated up front: a usage error, exit 4
+    session.configure_outputs()
 
 
 def _check_scale_out(config: pytest.Config) -> None:
@@ -186,6 +192,45 @@ class HarnessSession:
         self.demo_dir = Path(os.environ.get("HARNESS_DEMO") or self.cache_dir / "demo-v1")
         self.results_dir: Path | None = None
         self._cases: dict[str, CaseSpec] | None = None  # "test_<protocol>[<id>]" -> case
+        self.outputs = None  # harness.output.RunOutputs (main process)
+        self.baseline = None  # harness.results.RunData of --baseline (main process)
+        self.baseline_metrics: dict = {}  # {(protocol, model, dataset): metrics}, every process
+        self.scores_root: Path | None = None  # where case.record writes raw scores
+
+    def configure_outputs(self) -> None:
+        """Results dir and --baseline, at configure time: the baseline is read completely
+        before this run writes anything (it may be DIR/results.json itself)."""
+        from harness import output
+
+        if self.is_worker:
+            wi = self.config.workerinput
+            self.results_dir = Path(wi["harness_results_dir"]) if wi.get("harness_results_dir") else None
+            self.scores_root = Path(wi["harness_scores_root"]) if wi.get("harness_scores_root") else None
+            self.baseline_metrics = output.decode_baseline(wi.get("harness_baseline"))
+            return
+        opt = self.config.getoption("--results-dir")
+        if opt:
+            self.results_dir = Path(opt).expanduser().resolve()
+        else:
+            stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+            self.results_dir = Path(self.config.invocation_params.dir) / "results" / stamp
+        from harness.scores import SCORES_DIR, TMP_SCORES_DIR
+
+        keep = self.config.getoption("--save-scores")
+        self.scores_root = self.results_dir / (SCORES_DIR if keep else TMP_SCORES_DIR)
+        try:
+            self.baseline = output.read_baseline(self.config.getoption("--baseline"))
+        except HarnessError as e:
+            raise pytest.UsageError(str(e)) from None
+        self.baseline_metrics = output.baseline_metrics(self.baseline)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_configure_node(self, node) -> None:
+        from harness import output
+
+        node.workerinput["harness_results_dir"] = str(self.results_dir or "")
+        node.workerinput["harness_scores_root"] = str(self.scores_root or "")
+        node.workerinput["harness_baseline"] = output.encode_baseline(self.baseline_metrics)
 
     # ------------------------------------------------------------------ the suite
     @property
@@ -287,13 +332,9 @@ class HarnessSession:
     # ------------------------------------------------------------------- results
     def _ensure_store(self) -> ResultStore:
         if self.store is None:
-            opt = self.config.getoption("--results-dir")
-            if opt:
-                rd = Path(opt).expanduser().resolve()
-            else:
-                stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-                rd = Path(self.config.invocation_params.dir) / "results" / stamp
-            self.results_dir = rd
+            from harness.output import RunOutputs, suite_meta
+
+            rd = self.results_dir
             suite = self.suite
             run = {
                 "suite": suite.name,
@@ -306,9 +347,13 @@ class HarnessSession:
                 "engine": self.config.getoption("--engine"),
                 "shard": self.config.getoption("--shard"),
                 "git_commit": _git_commit(Path(self.config.rootpath)),
+                **suite_meta(suite),
             }
-            self.store = ResultStore(rd / "results.json", run,
-                                     {m.id: m.baseline for m in suite.models.values()})
+            self.outputs = RunOutputs(
+                rd, run, {m.id: m.baseline for m in suite.models.values()}, baseline=self.baseline,
+                max_drop=self.config.getoption("--max-drop"),
+                save_scores=self.config.getoption("--save-scores"), show_ci=self.config.getoption("--ci"))
+            self.store = self.outputs.store
         return self.store
 
     def _add_pending(self, cases: list[tuple[str, CaseSpec]]) -> None:
@@ -359,6 +404,8 @@ class HarnessSession:
         elif report.when == "call":
             rec.metrics = dict(props.get(METRICS_PROP) or {})
             rec.details = dict(props.get(DETAILS_PROP) or {})
+            stats = props.get(STATS_PROP) or {}
+            rec.n, rec.ci, rec.ci_method = (dict(stats.get(k) or {}) for k in ("n", "ci", "ci_method"))
             if report.passed:
                 rec.status, rec.reason = "passed", None
             elif report.skipped:
@@ -370,41 +417,35 @@ class HarnessSession:
         store.update(rec)
 
     # --------------------------------------------------------------------- report
-    def _report_text(self) -> str | None:
-        if self.store is None or not self.store.records:
-            return None
-        suite = self.suite
-        recs = list(self.store.records.values())
-        return render_report(
-            recs, {m.id: m.display for m in suite.models.values()},
-            {d.id: d.display for d in suite.datasets.values()},
-            {m.id: m.baseline for m in suite.models.values()},
-            title=f"Trade-off report: suite {suite.name}", run=self.store.run)
-
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         if self.is_worker or self.store is None:
             return
         if self.store.run.get("device") == "auto" and "torch" in sys.modules:
             self.store.run["device"] = resolve_device(None)  # what the cases resolved too
-        self.store.write()
-        self._report = text = self._report_text()
-        if text and self.results_dir is not None:
-            from harness.results import write_text_atomic
+        interrupted = int(exitstatus) == int(pytest.ExitCode.INTERRUPTED) or bool(
+            session.shouldstop or session.shouldfail)
+        out = self.outputs.finish(interrupted=interrupted)
+        self._report = out.report
+        from harness.output import quiet_benchmark_table
 
-            write_text_atomic(self.results_dir / "report.md", text)
+        quiet_benchmark_table(self.config)  # the run ends on the report, not a timing table
+        why = self.outputs.failed(interrupted)
+        if why and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
+    @pytest.hookimpl(trylast=True)
     def pytest_terminal_summary(self, terminalreporter, exitstatus, config) -> None:
-        if self.is_worker or self.store is None:
-            return
-        text = self._report or self._report_text()
-        if not text:
+        if self.is_worker or self.store is None or self.outputs is None:
             return
         terminalreporter.section("tradeoff-bench")
-        for line in text.splitlines():
+        for line in (self._report or "").splitlines():
             terminalreporter.write_line(line)
-        if self.results_dir is not None:
-            terminalreporter.write_line(f"results: {self.results_dir / 'results.json'}")
-            terminalreporter.write_line(f"report:  {self.results_dir / 'report.md'}")
+        for line in self.outputs.terminal_lines():
+            terminalreporter.write_line(line)
+        interrupted = self.store.run.get("interrupted", False)
+        why = self.outputs.failed(bool(interrupted))
+        if why:
+            terminalreporter.write_line(f"tradeoff-bench: exit status non-zero: {why}", red=True)
 
 
 def _is_no_cases(item: pytest.Item) -> bool:

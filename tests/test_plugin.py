@@ -66,6 +66,7 @@ def project(pytester, assets):
         data = json.loads(path.read_text()) if path.exists() else None
         return res, data
 
+    run.out = pytester.path / "out"
     return run
 
 
@@ -205,7 +206,9 @@ def pytest_runtest_logreport(report):
 """
     res, data = project(conftest=kill, subprocess=True)
     assert res.ret == 3
-    st = list(statuses(data).values())
+    from harness.results import load_run  # results.json + the journal of finished cases
+
+    st = [r.status for r in load_run(project.out / "results.json").records]
     assert st.count("passed") == 3 and st.count("not run") == 5
 
 
@@ -284,7 +287,7 @@ def test_option_mistakes_are_usage_errors(project, pytester, tmp_path):
          f"is a folder; expected a results.json file (did you mean {good}?)"),
         (("--baseline", str(tmp_path / "notes.txt"), "--max-drop", "1"), "notes.txt: not valid JSON"),
         (("--baseline", str(good), "--max-drop", "-1"), "--max-drop -1: expected a number of points >= 0"),
-        (("--device", "tpu"), "--device tpu: expected cpu, cuda, cuda:N or mps"),
+        (("--device", "tpu"), "--device tpu: expected cpu, cuda, cuda:N, cuda:N,M,... or mps"),
     ]
     import torch
 

@@ -1,12 +1,23 @@
 """Trade-off matrix, GELO, results store and report rendering."""
 
 import json
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from harness.results import (CaseRecord, ResultStore, average, gelo, gelo_table, load_results,
-                             matrix, protocol_table, render_report)
+from harness.report import protocol_table, render_report
+from harness.results import (
+    JOURNAL_NAME,
+    CaseRecord,
+    ResultStore,
+    average,
+    gelo,
+    gelo_table,
+    load_results,
+    load_run,
+    matrix,
+)
 
 acc = st.floats(min_value=0.01, max_value=1.0, allow_nan=False)
 names = st.lists(st.sampled_from(["a", "b", "c", "d", "e", "f"]), min_size=1, max_size=6, unique=True)
@@ -81,22 +92,119 @@ def test_lower_is_better_bolds_minimum():
     assert "**10.00**" in t and "**30.00**" not in t
 
 
-def test_store_writes_after_every_update_and_reads_back(tmp_path):
+def test_store_writes_and_reads_back(tmp_path):
     path = tmp_path / "r" / "results.json"
-    store = ResultStore(path, {"suite": "s"}, {"ft": "base", "base": None})
+    store = ResultStore(path, {"suite": "s"}, {"ft": "base", "base": None}, flush_interval=0)
     store.add_pending(CaseRecord("base", "x", "zeroshot"))
     store.add_pending(CaseRecord("ft", "x", "zeroshot"))
     store.write()
     data = json.loads(path.read_text())
     assert [c["status"] for c in data["cases"]] == ["not run", "not run"]
     store.update(rec("base", "x", 0.8))
-    data = json.loads(path.read_text())  # written as the case ended
+    data = json.loads(path.read_text())  # flush_interval 0: written as the case ended
     assert data["cases"][0]["status"] == "passed" and data["cases"][0]["metrics"] == {"acc1": 0.8}
     store.update(rec("ft", "x", 0.4))
     data = json.loads(path.read_text())
     assert data["gelo"] == {"zeroshot": {"ft": 0.5}}
     back = load_results(path)
     assert {(r.model, r.metrics["acc1"]) for r in back} == {("base", 0.8), ("ft", 0.4)}
+
+
+class Clock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_store_batches_full_writes_and_journals_every_finished_case(tmp_path):
+    """Issue 14.8: results.json is rewritten at most once per flush_interval; each finished
+    record is in the journal at once, so a kill loses nothing (load_run replays it)."""
+    path = tmp_path / "results.json"
+    clock = Clock()
+    store = ResultStore(path, {"suite": "s"}, {}, flush_interval=2.0, clock=clock)
+    for i in range(1000):
+        store.add_pending(CaseRecord("m", f"d{i}", "zeroshot"))
+    store.flush()
+    assert store.writes == 1
+    for i in range(1000):
+        clock.t = i * 0.01  # 1000 cases in 10 s
+        store.update(CaseRecord("m", f"d{i}", "zeroshot", status="skipped", reason="no data"))
+    assert store.writes <= 1 + 10 / 2.0 + 1
+    # "killed" here: results.json is older, the journal holds the rest
+    on_disk = json.loads(path.read_text())
+    assert sum(c["status"] == "skipped" for c in on_disk["cases"]) < 1000
+    back = load_run(path)
+    assert sum(r.status == "skipped" for r in back.records) == 1000
+    store.close()
+    assert not (tmp_path / JOURNAL_NAME).exists()
+    assert sum(c["status"] == "skipped" for c in json.loads(path.read_text())["cases"]) == 1000
+
+
+def test_store_survives_a_full_disk_and_writes_when_space_returns(tmp_path, monkeypatch):
+    """Issue 14.3: ENOSPC never raises; records stay in memory; the next flush retries."""
+    import errno
+
+    import harness.results as R
+
+    path = tmp_path / "results.json"
+    real = R.write_text_atomic
+    full = {"on": True}
+
+    def write(p, text):
+        if full["on"]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(p, text)
+
+    real_append = R._write_all
+
+    def append(fd, data):
+        if full["on"]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_append(fd, data)
+
+    monkeypatch.setattr(R, "write_text_atomic", write)
+    monkeypatch.setattr(R, "_write_all", append)
+    store = ResultStore(path, {"suite": "s"}, {}, flush_interval=0)
+    store.update(rec("a", "x", 0.5))
+    store.update(rec("b", "x", 0.6))
+    assert store.write_error and "No space left" in store.write_error and str(tmp_path) in store.write_error
+    assert len(store.records) == 2 and not path.exists()
+    full["on"] = False
+    assert store.close() is True and store.write_error is None
+    assert {c["model"] for c in json.loads(path.read_text())["cases"]} == {"a", "b"}
+
+
+def test_atomic_write_uses_the_umask(tmp_path):
+    """Issue 11 defect 8: files were created 0600 (mkstemp)."""
+    import os
+
+    from harness._io import atomic_write
+
+    old = os.umask(0o022)
+    try:
+        atomic_write(tmp_path / "a.txt", lambda f: f.write("x"))
+        os.umask(0o077)
+        atomic_write(tmp_path / "b.txt", lambda f: f.write("x"))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "b.txt").stat().st_mode & 0o777 == 0o600
+
+
+def test_load_run_reads_everything_and_marks_paper_files(tmp_path):
+    p = tmp_path / "ref.json"
+    p.write_text(json.dumps({"run": {"suite": "paper reference"}, "cases": [
+        {"model": "m", "dataset": "d", "protocol": "zeroshot", "metrics": {"acc1": 0.5},
+         "n": {"images": 10}, "ci": {"acc1": [0.2, 0.8]}, "ci_method": {"acc1": "wilson"}}]}))
+    rd = load_run(p)
+    assert rd.is_paper and rd.label == "paper"
+    r = rd.records[0]
+    assert (r.status, r.n, r.ci, r.ci_method) == ("passed", {"images": 10}, {"acc1": [0.2, 0.8]},
+                                                 {"acc1": "wilson"})
+    p.write_text(json.dumps({"run": {"suite": "demo"}, "cases": []}))
+    assert load_run(p).label == "baseline"
 
 
 def test_load_results_errors(tmp_path):

@@ -172,7 +172,7 @@ def test_protocol_reports_val_noflip_accuracy_and_xnorm():
     ref = xnorm_ref([plain.astype(np.float64), mirror.astype(np.float64)])
     assert details["xnorm"] == pytest.approx(ref, rel=1e-6)
     assert details["xnorm"] != pytest.approx(xnorm_ref([fused.astype(np.float64)]), rel=1e-3)
-    assert V.evaluate(fused, issame, embeddings_noflip=plain) == metrics
+    assert V.evaluate(fused, issame, embeddings_noflip=plain).metrics == metrics
     assert all(isinstance(v, float) for v in metrics.values())
 
 

@@ -68,7 +68,7 @@ class ProtocolInfo:
     metrics: tuple[str, ...]        # every metric name it can produce
     lower_is_better: tuple[str, ...] = ()
     headline: str = "acc1"          # the metric shown in the trade-off matrix
-    gelo: bool = True               # the matrix gets a GELO column (higher-better headline)
+    gelo: bool = False              # general ability: GELO column and summary (higher-better)
     detail_tables: bool = False     # report: one models x metrics table per dataset
     per_method_table: bool = False  # report: per attack method table (metric[method] keys)
     options: dict[str, Option] = field(default_factory=dict)
@@ -146,7 +146,7 @@ PROTOCOLS: dict[str, ProtocolInfo] = {
             "classnames": Option((str,), None, None, "JSON list or text file, one class per line"),
             "templates": Option((str,), None, None, "JSON list or text file with '{c}' placeholders"),
             "sun397_split": Option((str,), "partition01", ("partition01", "all"), "SUN397 images used"),
-        }),
+        }, gelo=True),
     "linear_probe": ProtocolInfo(
         "linear_probe", ("classification",), "general",
         "logistic-regression linear probe on frozen image features", _CLASSIFICATION_METRICS,
@@ -163,7 +163,7 @@ PROTOCOLS: dict[str, ProtocolInfo] = {
             "clip_benchmark_defaults": Option((bool,), False, None,
                                               "probe = 'clip-benchmark' as CLIP_benchmark 1.6 runs "
                                               "by default: no validation split, weight decay 0"),
-        }, feature_needs=_probe_needs),
+        }, feature_needs=_probe_needs, gelo=True),
     "verification": ProtocolInfo(
         "verification", ("verification",), "biometric",
         "face verification, InsightFace 10-fold accuracy",

@@ -25,7 +25,7 @@ def main(out_dir: str) -> None:
     import open_clip
 
     from harness.data.base import Split
-    from harness.features import _ImageDataset, _num_workers, extract
+    from harness.features import _MultiDataset, _num_workers, extract
     from harness.models import LoadedModel
     from harness.models.preprocess import build_preprocess
     from harness.protocols.zeroshot import build_classifier
@@ -57,10 +57,10 @@ def main(out_dir: str) -> None:
     bs = 256
     from torch.utils.data import DataLoader
 
-    ds = _ImageDataset(split, pre.transform(), pre.size)
+    ds = _MultiDataset(split, [pre.transform()], [pre.size])
     workers = _num_workers(n, None)
     t0 = time.perf_counter()
-    batches = [b[0] for b in DataLoader(ds, batch_size=bs, num_workers=workers)]
+    batches = [b[0][0] for b in DataLoader(ds, batch_size=bs, num_workers=workers)]
     res["decode_ips"] = n / (time.perf_counter() - t0)
     res["workers"] = workers
     for autocast in (False, True):

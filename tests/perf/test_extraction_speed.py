@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from harness.data.base import Split
-from harness.features import _ImageDataset, _num_workers, extract
+from harness.features import _MultiDataset, _num_workers, extract
 
 
 class Wrapped:
@@ -72,10 +72,10 @@ def test_extraction_throughput(benchmark, tmp_path, kind, n, size):
     # (b) bare decoding + preprocessing, with the same loader parallelism the harness uses
     from torch.utils.data import DataLoader
 
-    ds = _ImageDataset(split, model.preprocess.transform(), model.preprocess.size)
+    ds = _MultiDataset(split, [model.preprocess.transform()], [model.preprocess.size])
     workers = _num_workers(n, None)
     t0 = time.perf_counter()
-    batches = [b[0] for b in DataLoader(ds, batch_size=bs, num_workers=workers)]
+    batches = [b[0][0] for b in DataLoader(ds, batch_size=bs, num_workers=workers)]
     decode_ips = n / (time.perf_counter() - t0)
     # (a) bare model forward on in-memory tensors
     t0 = time.perf_counter()
