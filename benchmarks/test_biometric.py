@@ -17,11 +17,16 @@ def test_verification(harness_case):
     feats = case.features("test", flip=flip, unreadable="refuse")
     plain = case.features("test", flip=False, unreadable="refuse") if flip else None
     issame = case.dataset.split("test").meta["issame"]
-    result = case.measure(verification.evaluate, feats.x, issame, n_folds=case.option("n_folds"),
-                          embeddings_noflip=None if plain is None else plain.x, n_images=len(feats))
+    result = case.measure(
+        verification.evaluate,
+        feats.x,
+        issame,
+        n_folds=case.option("n_folds"),
+        embeddings_noflip=None if plain is None else plain.x,
+        n_images=len(feats),
+    )
     scores = ScoreSet(verification.pair_cosine(feats.x[0::2], feats.x[1::2]), issame)
-    case.record(result, scores=scores, n_pairs=len(issame), flip=flip,
-                n_folds=case.option("n_folds"))
+    case.record(result, scores=scores, n_pairs=len(issame), flip=flip, n_folds=case.option("n_folds"))
 
 
 def test_ijb(harness_case):
@@ -29,27 +34,48 @@ def test_ijb(harness_case):
     meta = case.dataset.split("test").meta
     feats = case.features("test", flip=case.option("flip"), unreadable="refuse")
     result = case.measure(
-        ijb.evaluate, feats.x, meta["template_id"], meta["media_id"], meta["faceness"],
-        meta["pairs"], meta["pair_label"], far_rule=case.option("far_rule"),
+        ijb.evaluate,
+        feats.x,
+        meta["template_id"],
+        meta["media_id"],
+        meta["faceness"],
+        meta["pairs"],
+        meta["pair_label"],
+        far_rule=case.option("far_rule"),
         detector_score_weight=case.option("detector_score_weight"),
-        image_norm=case.option("image_norm"), n_images=len(feats))
+        image_norm=case.option("image_norm"),
+        n_images=len(feats),
+    )
     templates, tfeats = ijb.template_features(
-        feats.x, meta["template_id"], meta["media_id"], meta["faceness"],
+        feats.x,
+        meta["template_id"],
+        meta["media_id"],
+        meta["faceness"],
         detector_score_weight=case.option("detector_score_weight"),
-        image_norm=case.option("image_norm"))
+        image_norm=case.option("image_norm"),
+    )
     scores = ScoreSet(ijb.pair_scores(templates, tfeats, meta["pairs"]), meta["pair_label"])
     case.record(result, scores=scores)
 
 
 def _attack_case(case):
     test = case.attack_scores("test")
-    result = case.measure(attack.evaluate, case.protocol, test.scores, test.labels,
-                          test.attack_types, test.video_ids, threshold=case.option("threshold"),
-                          video_average=case.option("video_average"),
-                          metric_rule=case.option("metric_rule"), n_images=len(test.scores),
-                          **case.dev_scores())
-    scores = ScoreSet(test.scores, test.labels, paths=test.paths, attack_types=test.attack_types,
-                      video_ids=test.video_ids)
+    result = case.measure(
+        attack.evaluate,
+        case.protocol,
+        test.scores,
+        test.labels,
+        test.attack_types,
+        test.video_ids,
+        threshold=case.option("threshold"),
+        video_average=case.option("video_average"),
+        metric_rule=case.option("metric_rule"),
+        n_images=len(test.scores),
+        **case.dev_scores(),
+    )
+    scores = ScoreSet(
+        test.scores, test.labels, paths=test.paths, attack_types=test.attack_types, video_ids=test.video_ids
+    )
     case.record(result, scores=scores, scoring=case.option("scoring"))
 
 

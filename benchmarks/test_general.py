@@ -29,11 +29,20 @@ def test_linear_probe(harness_case):
     train, test = case.features("train"), case.features("test")
     val = case.features("val") if "val" in case.dataset.splits else None
     result = case.measure(
-        linear_probe.evaluate, train.x, train.labels, test.x, test.labels,
-        val_x=None if val is None else val.x, val_y=None if val is None else val.labels,
-        variant=case.option("probe"), val_fraction=case.option("val_fraction"),
-        split_seed=case.option("split_seed"), val_carve=case.option("val_carve"),
-        clip_benchmark_defaults=case.option("clip_benchmark_defaults"), device=case.h.device,
+        linear_probe.evaluate,
+        train.x,
+        train.labels,
+        test.x,
+        test.labels,
+        val_x=None if val is None else val.x,
+        val_y=None if val is None else val.labels,
+        variant=case.option("probe"),
+        val_fraction=case.option("val_fraction"),
+        split_seed=case.option("split_seed"),
+        val_carve=case.option("val_carve"),
+        clip_benchmark_defaults=case.option("clip_benchmark_defaults"),
+        device=case.h.device,
         n_classes=len(case.dataset.classnames or []) or None,
-        n_images=len(train) + len(test))
+        n_images=len(train) + len(test),
+    )
     case.record(result, n_train=len(train), n_test=len(test))

@@ -59,8 +59,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     ``path`` (then the folder is fsynced); on error it is removed and ``path`` is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.{_host()}.{os.getpid()}.", suffix=TMP_SUFFIX,
-                                dir=path.parent)
+    fd, name = tempfile.mkstemp(
+        prefix=f".{path.name}.{_host()}.{os.getpid()}.", suffix=TMP_SUFFIX, dir=path.parent
+    )
     tmp = Path(name)
     try:
         os.fchmod(fd, shared_mode())
@@ -105,15 +106,14 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def tmp_is_stale(path: Path, now: float | None = None, foreign_after: float = STALE_FOREIGN_SECONDS
-                 ) -> bool:
+def tmp_is_stale(path: Path, now: float | None = None, foreign_after: float = STALE_FOREIGN_SECONDS) -> bool:
     """True when the temporary ``path`` belongs to a writer that can no longer finish it.
 
     Ours (this host): its pid is dead.  Another host's, or a name we cannot parse: older than
     ``foreign_after`` seconds (no writer takes that long between two writes of one file).
     """
     name = path.name
-    parts = name[:-len(TMP_SUFFIX)].split(".") if name.endswith(TMP_SUFFIX) else []
+    parts = name[: -len(TMP_SUFFIX)].split(".") if name.endswith(TMP_SUFFIX) else []
     try:
         age = (now or time.time()) - path.stat().st_mtime
     except OSError:
@@ -127,8 +127,9 @@ def tmp_is_stale(path: Path, now: float | None = None, foreign_after: float = ST
     return age > foreign_after
 
 
-def sweep_stale_temporaries(root: str | os.PathLike, foreign_after: float = STALE_FOREIGN_SECONDS
-                            ) -> list[Path]:
+def sweep_stale_temporaries(
+    root: str | os.PathLike, foreign_after: float = STALE_FOREIGN_SECONDS
+) -> list[Path]:
     """Delete the orphaned ``*.tmp`` files under ``root``; return what was removed."""
     removed: list[Path] = []
     root = Path(root)

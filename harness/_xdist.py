@@ -19,7 +19,7 @@ class ModelScheduling(LoadScopeScheduling):
     def _split_scope(self, nodeid: str) -> str:
         try:
             spec = self._harness.case_of_nodeid(nodeid)
-        except Exception:  # noqa: BLE001 - a bad suite is reported by collection, not here
+        except Exception:
             spec = None
         if spec is None:
             return nodeid

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any
 
 
-
 @dataclass(frozen=True)
 class CaseSpec:
     protocol: str
@@ -48,8 +47,13 @@ class Timing:
         return out
 
 
-def timed(fn: Callable[..., Any], *args: Any, n_images: int | None = None,
-          clock: Callable[[], float] = time.perf_counter, **kwargs: Any) -> tuple[Any, Timing]:
+def timed(
+    fn: Callable[..., Any],
+    *args: Any,
+    n_images: int | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+    **kwargs: Any,
+) -> tuple[Any, Timing]:
     """Run ``fn(*args, **kwargs)`` once: ``(its result, Timing)``; ``n_images`` adds a rate."""
     t0 = clock()
     out = fn(*args, **kwargs)

@@ -47,18 +47,23 @@ def check_device(requested: str | None) -> None:
 
     if kind == "cuda":
         if not torch.cuda.is_available():
-            raise HarnessError(f"--device {requested}: CUDA is not available on this machine "
-                               f"(torch {torch.__version__}); use --device cpu or omit --device")
+            raise HarnessError(
+                f"--device {requested}: CUDA is not available on this machine "
+                f"(torch {torch.__version__}); use --device cpu or omit --device"
+            )
         n = torch.cuda.device_count()
         bad = [i for i in ids or [] if i >= n]
         if bad:
-            raise HarnessError(f"--device {requested}: this machine has {n} CUDA device(s), "
-                               f"cuda:0..cuda:{n - 1}")
+            raise HarnessError(
+                f"--device {requested}: this machine has {n} CUDA device(s), cuda:0..cuda:{n - 1}"
+            )
     else:
         mps = getattr(torch.backends, "mps", None)
         if mps is None or not mps.is_available():
-            raise HarnessError(f"--device {requested}: MPS is not available on this machine; "
-                               "use --device cpu or omit --device")
+            raise HarnessError(
+                f"--device {requested}: MPS is not available on this machine; "
+                "use --device cpu or omit --device"
+            )
 
 
 def worker_index(worker_id: str | None) -> int | None:

@@ -52,9 +52,19 @@ def csv_text(records: Iterable[CaseRecord]) -> str:
             continue
         for k, v in r.metrics.items():
             ci = r.ci.get(k)
-            w.writerow([r.model, r.dataset, r.protocol, k, repr(float(v)), "" if n is None else n,
-                        "" if ci is None else repr(float(ci[0])),
-                        "" if ci is None else repr(float(ci[1])), r.status])
+            w.writerow(
+                [
+                    r.model,
+                    r.dataset,
+                    r.protocol,
+                    k,
+                    repr(float(v)),
+                    "" if n is None else n,
+                    "" if ci is None else repr(float(ci[0])),
+                    "" if ci is None else repr(float(ci[1])),
+                    r.status,
+                ]
+            )
     return buf.getvalue()
 
 
@@ -66,14 +76,16 @@ def clip_benchmark_records(records: Iterable[CaseRecord], run: dict[str, Any]) -
         if task is None or not r.metrics or r.status not in ("passed", "failed"):
             continue
         m = models.get(r.model) or {}
-        out.append({
-            "dataset": r.dataset,
-            "model": r.model,
-            "pretrained": str(m.get("checkpoint") or m.get("pretrained") or ""),
-            "task": task,
-            "metrics": {k: float(r.metrics[k]) for k in CLIP_BENCHMARK_METRICS if k in r.metrics},
-            "language": "en",
-        })
+        out.append(
+            {
+                "dataset": r.dataset,
+                "model": r.model,
+                "pretrained": str(m.get("checkpoint") or m.get("pretrained") or ""),
+                "task": task,
+                "metrics": {k: float(r.metrics[k]) for k in CLIP_BENCHMARK_METRICS if k in r.metrics},
+                "language": "en",
+            }
+        )
     return out
 
 

@@ -64,14 +64,23 @@ class Features:
         if self.valid.all():
             return self
         keep = self.valid
-        return Features(self.x[keep], None if self.labels is None else self.labels[keep],
-                        self.valid[keep], [], self.seconds, self.from_cache, self.key)
+        return Features(
+            self.x[keep],
+            None if self.labels is None else self.labels[keep],
+            self.valid[keep],
+            [],
+            self.seconds,
+            self.from_cache,
+            self.key,
+        )
 
     def require_all_readable(self, what: str) -> None:
         """Pair-based protocols cannot drop an image without shifting every pair: refuse."""
         if not self.valid.all():
-            raise DataError(f"{what}: {self.skipped} unreadable image(s), first: "
-                            f"{', '.join(self.bad_items[:3])}; pair protocols cannot skip images")
+            raise DataError(
+                f"{what}: {self.skipped} unreadable image(s), first: "
+                f"{', '.join(self.bad_items[:3])}; pair protocols cannot skip images"
+            )
 
 
 @functools.cache
@@ -97,22 +106,36 @@ def compute_dtype(model) -> str:
 def runtime_fingerprint(model) -> str:
     """Device type, compute dtype and library versions: inputs that change the numbers."""
     device = str(getattr(model, "device", "cpu")).split(":")[0]
-    return (f"device={device}|dtype={compute_dtype(model)}|torch={_version('torch')}"
-            f"|open_clip={_version('open_clip_torch')}")
+    return (
+        f"device={device}|dtype={compute_dtype(model)}|torch={_version('torch')}"
+        f"|open_clip={_version('open_clip_torch')}"
+    )
 
 
-def feature_key(model_fingerprint: str, preprocess_fingerprint: str, split_fingerprint: str,
-                split: str, flip: bool, runtime: str = "") -> str:
+def feature_key(
+    model_fingerprint: str,
+    preprocess_fingerprint: str,
+    split_fingerprint: str,
+    split: str,
+    flip: bool,
+    runtime: str = "",
+) -> str:
     h = hashlib.sha256()
-    for part in (f"v{FEATURE_FORMAT}", model_fingerprint, preprocess_fingerprint,
-                 split_fingerprint, split, f"flip={bool(flip)}", runtime):
+    for part in (
+        f"v{FEATURE_FORMAT}",
+        model_fingerprint,
+        preprocess_fingerprint,
+        split_fingerprint,
+        split,
+        f"flip={bool(flip)}",
+        runtime,
+    ):
         h.update(part.encode())
         h.update(b"\0")
     return h.hexdigest()[:32]
 
 
-def text_key(model_fingerprint: str, classnames: list[str], templates: list[str], runtime: str = ""
-             ) -> str:
+def text_key(model_fingerprint: str, classnames: list[str], templates: list[str], runtime: str = "") -> str:
     h = hashlib.sha256()
     h.update(f"text-v{FEATURE_FORMAT}\0{model_fingerprint}\0{runtime}\0".encode())
     for c in classnames:
@@ -124,6 +147,7 @@ def text_key(model_fingerprint: str, classnames: list[str], templates: list[str]
 
 
 # ------------------------------------------------------------------------------ loading
+
 
 def _cpus() -> int:
     try:
@@ -220,7 +244,7 @@ class _MultiDataset:
             return tuple(t(img) for t in self.transforms), i, True
         except DataError:
             raise
-        except Exception:  # noqa: BLE001 - any decode failure counts as an unreadable image
+        except Exception:
             return tuple(torch.zeros(3, s, s) for s in self.sizes), i, False
 
 
@@ -259,10 +283,17 @@ def _probe_many(needs, ds: _MultiDataset, index: list[int], k: int = 8) -> tuple
     return decode, forward
 
 
-def extract(model, split, flip: bool = False, batch_size: int = 128,
-            num_workers: int | None = None, progress: bool = False,
-            writer: ChunkWriter | None = None, chunk_rows: int = 4096,
-            on_write_error: Callable[[OSError], None] | None = None) -> Features:
+def extract(
+    model,
+    split,
+    flip: bool = False,
+    batch_size: int = 128,
+    num_workers: int | None = None,
+    progress: bool = False,
+    writer: ChunkWriter | None = None,
+    chunk_rows: int = 4096,
+    on_write_error: Callable[[OSError], None] | None = None,
+) -> Features:
     """Run every image of ``split`` through ``model.encode_image`` (flip: f(x) + f(flip x)).
 
     With a ``writer`` the rows already committed by an earlier (killed) run are read back
@@ -271,13 +302,20 @@ def extract(model, split, flip: bool = False, batch_size: int = 128,
     fails (full disk, read-only folder) goes to ``on_write_error`` and extraction carries on in
     memory.
     """
-    return extract_many([Need(model, flip, writer)], split, batch_size, num_workers, progress,
-                        chunk_rows, on_write_error)[0]
+    return extract_many(
+        [Need(model, flip, writer)], split, batch_size, num_workers, progress, chunk_rows, on_write_error
+    )[0]
 
 
-def extract_many(needs: list[Need], split, batch_size: int = 128, num_workers: int | None = None,
-                 progress: bool = False, chunk_rows: int = 4096,
-                 on_write_error: Callable[[OSError], None] | None = None) -> list[Features]:
+def extract_many(
+    needs: list[Need],
+    split,
+    batch_size: int = 128,
+    num_workers: int | None = None,
+    progress: bool = False,
+    chunk_rows: int = 4096,
+    on_write_error: Callable[[OSError], None] | None = None,
+) -> list[Features]:
     """Features of ``split`` for every need, from ONE pass over its images.
 
     Each image is decoded once, each distinct preprocessing applied once, and every model run on
@@ -296,13 +334,13 @@ def extract_many(needs: list[Need], split, batch_size: int = 128, num_workers: i
     dones: list[list[tuple[int, int]]] = [[] for _ in range(K)]
     writers = [nd.writer for nd in needs]
     for k, w in enumerate(writers):
-        for c in (w.completed() if w is not None else []):
+        for c in w.completed() if w is not None else []:
             if outs[k] is None:
                 outs[k] = np.zeros((n, c.x.shape[1]), dtype=np.float32)
             if c.x.shape[1] != outs[k].shape[1]:  # type: ignore[union-attr]
                 continue  # a chunk of another width cannot be ours: recompute its rows
-            outs[k][c.start:c.stop] = c.x  # type: ignore[index]
-            valids[k][c.start:c.stop] = c.valid
+            outs[k][c.start : c.stop] = c.x  # type: ignore[index]
+            valids[k][c.start : c.stop] = c.valid
             dones[k].append((c.start, c.stop))
     resumed = [sum(b - a for a, b in d) for d in dones]
     rows = max(batch_size, (max(chunk_rows, 1) // batch_size) * batch_size)
@@ -339,8 +377,15 @@ def extract_many(needs: list[Need], split, batch_size: int = 128, num_workers: i
         from tqdm import tqdm
 
         names = ",".join(dict.fromkeys(str(nd.model.id) for nd in needs))
-        bar = tqdm(total=n, initial=min(resumed), unit="img", desc=f"features {names}/{split.name}",
-                   leave=False, dynamic_ncols=True, **_tqdm_kwargs())
+        bar = tqdm(
+            total=n,
+            initial=min(resumed),
+            unit="img",
+            desc=f"features {names}/{split.name}",
+            leave=False,
+            dynamic_ncols=True,
+            **_tqdm_kwargs(),
+        )
 
     def commit(k: int, a: int, e: int) -> None:
         out = outs[k]
@@ -360,9 +405,14 @@ def extract_many(needs: list[Need], split, batch_size: int = 128, num_workers: i
     torch.set_num_threads(threads)
     try:
         if batches:
-            loader: Any = DataLoader(ds, batch_sampler=batches, num_workers=workers,
-                                     pin_memory=on_cuda, persistent_workers=False,
-                                     prefetch_factor=4 if workers else None)
+            loader: Any = DataLoader(
+                ds,
+                batch_sampler=batches,
+                num_workers=workers,
+                pin_memory=on_cuda,
+                persistent_workers=False,
+                prefetch_factor=4 if workers else None,
+            )
             ci = 0
             with torch.inference_mode():
                 for images, idx, ok in loader:
@@ -374,7 +424,7 @@ def extract_many(needs: list[Need], split, batch_size: int = 128, num_workers: i
                         x = images[j]
                         if nd.flip:
                             f = nd.model.encode_image(torch.cat([x, x.flip(-1)], 0))
-                            f = f[: len(x)] + f[len(x):]
+                            f = f[: len(x)] + f[len(x) :]
                         else:
                             f = nd.model.encode_image(x)
                         f = f.float().cpu().numpy()
@@ -407,10 +457,24 @@ def extract_many(needs: list[Need], split, batch_size: int = 128, num_workers: i
             except OSError as err:
                 if on_write_error is not None:
                     on_write_error(err)
-        result.append(Features(out, split.labels, valid, bad, seconds, False,
-                               loader={"workers": workers, "threads": threads,
-                                       "resumed_rows": resumed[k], "decoded_rows": todo,
-                                       "shared_models": K, "distinct_preprocessing": len(pres)}))
+        result.append(
+            Features(
+                out,
+                split.labels,
+                valid,
+                bad,
+                seconds,
+                False,
+                loader={
+                    "workers": workers,
+                    "threads": threads,
+                    "resumed_rows": resumed[k],
+                    "decoded_rows": todo,
+                    "shared_models": K,
+                    "distinct_preprocessing": len(pres),
+                },
+            )
+        )
     return result
 
 
@@ -432,6 +496,7 @@ def _tqdm_kwargs() -> dict:
 
 # -------------------------------------------------------------------------------- cache
 
+
 def _nbytes(value: Any) -> int:
     if isinstance(value, np.ndarray):
         return int(value.nbytes)
@@ -448,9 +513,15 @@ class FeatureCache:
     could not be written, a lock waited on); the plugin shows them in the summary and report.
     """
 
-    def __init__(self, root: str | os.PathLike, refresh: bool = False,
-                 memory_bytes: int = 2 << 30, lock_timeout: float = 300.0, chunk_rows: int = 4096,
-                 memory_entries: int | None = None):
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        refresh: bool = False,
+        memory_bytes: int = 2 << 30,
+        lock_timeout: float = 300.0,
+        chunk_rows: int = 4096,
+        memory_entries: int | None = None,
+    ):
         from harness import fileid
 
         self.root = Path(root)
@@ -490,8 +561,14 @@ class FeatureCache:
         return self.refresh and key not in self._refreshed
 
     def key(self, model, split, flip: bool) -> str:
-        return feature_key(model.fingerprint, model.preprocess.fingerprint, split.fingerprint(),
-                           split.name, flip, runtime_fingerprint(model))
+        return feature_key(
+            model.fingerprint,
+            model.preprocess.fingerprint,
+            split.fingerprint(),
+            split.name,
+            flip,
+            runtime_fingerprint(model),
+        )
 
     def _read(self, key: str, split) -> Features | None:
         """The entry under ``key`` from memory or disk (None when absent, damaged or forced)."""
@@ -514,24 +591,43 @@ class FeatureCache:
         if got is None:
             return None
         arrays, meta = got
-        f = Features(arrays["x"], split.labels, np.asarray(arrays["valid"], dtype=bool),
-                     [str(s) for s in meta.get("bad_items", [])], 0.0, True, key)
+        f = Features(
+            arrays["x"],
+            split.labels,
+            np.asarray(arrays["valid"], dtype=bool),
+            [str(s) for s in meta.get("bad_items", [])],
+            0.0,
+            True,
+            key,
+        )
         self._remember(key, f)
         return f
 
     def cached(self, model, split, flip: bool = False) -> bool:
         """Whether the features are in the cache (memory or a complete, intact entry)."""
         key = self.key(model, split, flip)
-        return not self._forced(key) and (key in self._memory or
-                                          self.store.read("features", key) is not None)
+        return not self._forced(key) and (key in self._memory or self.store.read("features", key) is not None)
 
-    def features(self, model, split, flip: bool = False, batch_size: int = 128,
-                 num_workers: int | None = None, progress: bool = False) -> Features:
+    def features(
+        self,
+        model,
+        split,
+        flip: bool = False,
+        batch_size: int = 128,
+        num_workers: int | None = None,
+        progress: bool = False,
+    ) -> Features:
         return self.features_many([(model, flip)], split, batch_size, num_workers, progress)[0]
 
-    def features_many(self, requests: list[tuple[Any, bool]], split, batch_size: int = 128,
-                      num_workers: int | None = None, progress: bool = False,
-                      extractor: Callable[..., list[Features]] | None = None) -> list[Features]:
+    def features_many(
+        self,
+        requests: list[tuple[Any, bool]],
+        split,
+        batch_size: int = 128,
+        num_workers: int | None = None,
+        progress: bool = False,
+        extractor: Callable[..., list[Features]] | None = None,
+    ) -> list[Features]:
         """Features of ``split`` for every (model, flip), extracting those not cached in ONE pass
         over the images (``extractor``, default :func:`extract_many`; the Ray engine passes its
         own), each committed chunk by chunk to its own entry."""
@@ -568,9 +664,15 @@ class FeatureCache:
                     which.append(i)
                 if needs:
                     self.extractions += 1
-                    got = (extractor or extract_many)(needs, split, batch_size, num_workers,
-                                                      progress, self.chunk_rows,
-                                                      self.store.write_failed)
+                    got = (extractor or extract_many)(
+                        needs,
+                        split,
+                        batch_size,
+                        num_workers,
+                        progress,
+                        self.chunk_rows,
+                        self.store.write_failed,
+                    )
                     for i, f in zip(which, got):
                         f.key = keys[i]
                         self._remember(keys[i], f)
@@ -580,10 +682,15 @@ class FeatureCache:
                 out[i] = out[keys.index(key)]
         return out  # type: ignore[return-value]
 
-    def text_classifier(self, model, classnames: list[str], templates: list,
-                        build: Callable[[], np.ndarray]) -> np.ndarray:
-        key = text_key(model.fingerprint, classnames, [getattr(t, "__name__", t) for t in templates],
-                       runtime_fingerprint(model))
+    def text_classifier(
+        self, model, classnames: list[str], templates: list, build: Callable[[], np.ndarray]
+    ) -> np.ndarray:
+        key = text_key(
+            model.fingerprint,
+            classnames,
+            [getattr(t, "__name__", t) for t in templates],
+            runtime_fingerprint(model),
+        )
         force = self._forced(key)
         if not force and key in self._memory:
             self._memory.move_to_end(key)
@@ -613,5 +720,7 @@ def check_unreadable(features: Features, where: str) -> None:
     """More than 1 % unreadable images fails the case, listing the first few paths."""
     n = len(features)
     if n and features.skipped / n > MAX_UNREADABLE:
-        raise DataError(f"{where}: {features.skipped} of {n} images unreadable "
-                        f"(> {MAX_UNREADABLE:.0%}); first: {', '.join(features.bad_items[:3])}")
+        raise DataError(
+            f"{where}: {features.skipped} of {n} images unreadable "
+            f"(> {MAX_UNREADABLE:.0%}); first: {', '.join(features.bad_items[:3])}"
+        )

@@ -22,11 +22,11 @@ Baseline = dict[tuple[str, str, str], dict[str, float]]  # (protocol, model, dat
 def check_options(baseline: str | None, max_drop: float | None) -> None:
     """``--baseline`` and ``--max-drop`` go together; ``--max-drop`` is a non-negative number."""
     if max_drop is not None and not baseline:
-        raise HarnessError(f"--max-drop {max_drop:g} needs --baseline OLD/results.json to "
-                           "compare against")
+        raise HarnessError(f"--max-drop {max_drop:g} needs --baseline OLD/results.json to compare against")
     if baseline and max_drop is None:
-        raise HarnessError(f"--baseline {baseline} needs --max-drop POINTS (the percentage "
-                           "points a metric may lose)")
+        raise HarnessError(
+            f"--baseline {baseline} needs --max-drop POINTS (the percentage points a metric may lose)"
+        )
     if max_drop is not None and not max_drop >= 0:
         raise HarnessError(f"--max-drop {max_drop:g}: expected a number of points >= 0")
 
@@ -68,12 +68,15 @@ def validate_gates(suite: Suite) -> None:
             raise SuiteError(f"{suite.path}: [gates[{i}]]: applies to no case of the suite")
         if not any(PROTOCOLS[p].produces(g.metric) for p in protocols):
             known = sorted({m for p in protocols for m in PROTOCOLS[p].metrics})
-            raise SuiteError(f"{suite.path}: [gates[{i}]] metric: {g.metric!r} is not produced by "
-                             f"{'/'.join(protocols)}; expected one of {', '.join(known)}")
+            raise SuiteError(
+                f"{suite.path}: [gates[{i}]] metric: {g.metric!r} is not produced by "
+                f"{'/'.join(protocols)}; expected one of {', '.join(known)}"
+            )
 
 
-def gate_failures(gates: Iterable[Gate], protocol: str, model: str, dataset: str,
-                  metrics: Mapping[str, float]) -> list[str]:
+def gate_failures(
+    gates: Iterable[Gate], protocol: str, model: str, dataset: str, metrics: Mapping[str, float]
+) -> list[str]:
     """One message per gate bound that the case's metrics break."""
     out = []
     where = f"{protocol} {model}/{dataset}"
@@ -92,8 +95,14 @@ def gate_failures(gates: Iterable[Gate], protocol: str, model: str, dataset: str
     return out
 
 
-def drop_failures(protocol: str, model: str, dataset: str, metrics: Mapping[str, float],
-                  baseline: Baseline, max_drop: float | None) -> list[str]:
+def drop_failures(
+    protocol: str,
+    model: str,
+    dataset: str,
+    metrics: Mapping[str, float],
+    baseline: Baseline,
+    max_drop: float | None,
+) -> list[str]:
     """One message per metric that lost more than ``max_drop`` points against ``baseline``."""
     if max_drop is None or not baseline:
         return []
@@ -105,6 +114,8 @@ def drop_failures(protocol: str, model: str, dataset: str, metrics: Mapping[str,
             continue
         drop = (v - old[k]) if lower_is_better(k, protocol) else (old[k] - v)
         if 100 * drop > max_drop + 1e-9:
-            out.append(f"{k} lost {100 * drop:.2f} points: {100 * old[k]:.1f}% -> "
-                       f"{100 * v:.1f}% (max-drop {max_drop:g}) ({where})")
+            out.append(
+                f"{k} lost {100 * drop:.2f} points: {100 * old[k]:.1f}% -> "
+                f"{100 * v:.1f}% (max-drop {max_drop:g}) ({where})"
+            )
     return out

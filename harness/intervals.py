@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 
 Z95 = 1.959963984540054  # two-sided 95 % standard normal quantile
-DEFAULT_B = 500           # bootstrap resamples (percentile interval)
-MAX_WORK = 2e7            # cap on resamples x samples per case (B shrinks for big sets)
+DEFAULT_B = 500  # bootstrap resamples (percentile interval)
+MAX_WORK = 2e7  # cap on resamples x samples per case (B shrinks for big sets)
 MIN_B = 100
 SEED = 0
 
@@ -62,9 +62,15 @@ def _groups(strata: np.ndarray) -> list[np.ndarray]:
     return [np.flatnonzero(strata == v) for v in np.unique(strata)]
 
 
-def bootstrap_ci(stat: Callable[[np.ndarray], dict[str, float]], n: int, *,
-                 strata: Any = None, b: int = DEFAULT_B, seed: int = SEED,
-                 level: float = 0.95) -> dict[str, tuple[float, float]]:
+def bootstrap_ci(
+    stat: Callable[[np.ndarray], dict[str, float]],
+    n: int,
+    *,
+    strata: Any = None,
+    b: int = DEFAULT_B,
+    seed: int = SEED,
+    level: float = 0.95,
+) -> dict[str, tuple[float, float]]:
     """Percentile bootstrap of every metric ``stat(indices)`` returns.
 
     ``stat`` gets sorted row indices of one resample (with repeats); ``strata`` (one label per
@@ -134,11 +140,13 @@ def _tar_stat(scores: np.ndarray, labels: np.ndarray, fars: dict[str, float], fa
     def stat(idx: np.ndarray) -> dict[str, float]:
         m, _ = tar_at_fars(scores[idx], labels[idx], list(fars.values()), far_rule=far_rule)
         return {k: v for k, v in m.items() if k in fars}
+
     return stat
 
 
-def _attack_stat(protocol: str, scores, labels, types, threshold: Any, wanted: Sequence[str],
-                 rule: str | None = None):
+def _attack_stat(
+    protocol: str, scores, labels, types, threshold: Any, wanted: Sequence[str], rule: str | None = None
+):
     """Resample statistic of MAD/PAD: the error rates as :mod:`harness.protocols.attack`
     defines them (MAD: mean over morphing methods; PAD: APCER the maximum over attack types).
     ISO rule computed directly; another ``metric_rule`` through the protocol itself."""
@@ -146,14 +154,24 @@ def _attack_stat(protocol: str, scores, labels, types, threshold: Any, wanted: S
     from harness.protocols import attack
 
     if rule not in (None, "iso"):
+
         def slow(idx: np.ndarray) -> dict[str, float]:
             t = None if types is None else types[idx]
             try:
-                r = attack.evaluate(protocol, scores[idx], labels[idx], t, None, threshold=threshold,
-                                    video_average=False, metric_rule=rule)
+                r = attack.evaluate(
+                    protocol,
+                    scores[idx],
+                    labels[idx],
+                    t,
+                    None,
+                    threshold=threshold,
+                    video_average=False,
+                    metric_rule=rule,
+                )
             except (ValueError, TypeError):
                 return {}
             return {k: r.metrics[k] for k in wanted if k in r.metrics}
+
         return slow
     fixed = None if threshold == "test-eer" else float(threshold)
 
@@ -165,8 +183,14 @@ def _attack_stat(protocol: str, scores, labels, types, threshold: Any, wanted: S
         ap_max = M.apcer(s, y, t, t_types, "max") if t_types is not None else M.apcer(s, y, t)
         ap_pool = M.apcer(s, y, t, t_types, "pooled") if t_types is not None else ap_max
         bp = M.bpcer(s, y, t)
-        out = {"eer": M.eer(s, y), "auc": M.roc_auc(s, y), "hter": (ap_pool + bp) / 2,
-               "apcer": ap_max, "bpcer": bp, "acer": (ap_max + bp) / 2}
+        out = {
+            "eer": M.eer(s, y),
+            "auc": M.roc_auc(s, y),
+            "hter": (ap_pool + bp) / 2,
+            "apcer": ap_max,
+            "bpcer": bp,
+            "acer": (ap_max + bp) / 2,
+        }
         return {k: float(v) for k, v in out.items() if k in wanted}
 
     def stat(idx: np.ndarray) -> dict[str, float]:
@@ -182,10 +206,12 @@ def _attack_stat(protocol: str, scores, labels, types, threshold: Any, wanted: S
         if not per:
             return {}
         return {k: float(np.mean([p[k] for p in per])) for k in per[0]}
+
     return stat
 
 
 # ------------------------------------------------------------------------ sample sizes
+
 
 def sample_sizes(protocol: str, details: dict[str, Any], scores: Any = None) -> dict[str, int]:
     """``n`` of a case: what its numbers are counted over, from the protocol's details (and
@@ -199,6 +225,7 @@ def sample_sizes(protocol: str, details: dict[str, Any], scores: Any = None) -> 
             if isinstance(v, (int, float)) and not isinstance(v, bool):
                 n[key] = int(v)
                 return
+
     if protocol in ("zeroshot", "linear_probe"):
         put("images", "n_test")
         put("train_images", "n_train")
@@ -227,6 +254,7 @@ def sample_sizes(protocol: str, details: dict[str, Any], scores: Any = None) -> 
 
 # --------------------------------------------------------------------------- per case
 
+
 def unresolvable(protocol: str, details: dict[str, Any]) -> list[str]:
     """Metrics whose operating point the data cannot resolve (IJB: FAR target below
     1 / impostor pairs; ``details[metric]["resolvable"]`` is False)."""
@@ -237,9 +265,15 @@ def unresolvable(protocol: str, details: dict[str, Any]) -> list[str]:
     return out
 
 
-def case_statistics(protocol: str, metrics: dict[str, float], details: dict[str, Any],
-                    scores: Any = None, *, b: int = DEFAULT_B, seed: int = SEED
-                    ) -> tuple[dict[str, int], dict[str, list[float]], dict[str, str]]:
+def case_statistics(
+    protocol: str,
+    metrics: dict[str, float],
+    details: dict[str, Any],
+    scores: Any = None,
+    *,
+    b: int = DEFAULT_B,
+    seed: int = SEED,
+) -> tuple[dict[str, int], dict[str, list[float]], dict[str, str]]:
     """``(n, ci, ci_method)`` of one case.
 
     ``ci``: ``{metric: [low, high]}`` 95 % intervals of the headline metrics this function
@@ -264,21 +298,26 @@ def case_statistics(protocol: str, metrics: dict[str, float], details: dict[str,
 
             def vstat(idx: np.ndarray) -> dict[str, float]:
                 return {"accuracy": kfold_accuracy(s[idx], y[idx], folds[idx])}
+
             ci.update(bootstrap_ci(vstat, len(s), strata=folds, b=nb, seed=seed))
             for k in ci:
-                method[k] = (f"bootstrap over pairs within folds (B={nb}, seed={seed}, "
-                             f"{n_folds}-fold thresholds re-chosen)")
+                method[k] = (
+                    f"bootstrap over pairs within folds (B={nb}, seed={seed}, "
+                    f"{n_folds}-fold thresholds re-chosen)"
+                )
         elif protocol == "ijb":
             skip = set(unresolvable(protocol, details))
-            fars = {k: float(k.split("=", 1)[1]) for k in metrics
-                    if k.startswith("tar@far=") and k not in skip}
+            fars = {
+                k: float(k.split("=", 1)[1]) for k in metrics if k.startswith("tar@far=") and k not in skip
+            }
             if fars:
                 rule = str(details.get("far_rule") or "at-most")
-                ci.update(bootstrap_ci(_tar_stat(s, y, fars, rule), len(s), strata=y, b=nb,
-                                       seed=seed))
+                ci.update(bootstrap_ci(_tar_stat(s, y, fars, rule), len(s), strata=y, b=nb, seed=seed))
                 for k in ci:
-                    method[k] = (f"bootstrap over pairs, genuine and impostor apart (B={nb}, "
-                                 f"seed={seed}, threshold re-estimated)")
+                    method[k] = (
+                        f"bootstrap over pairs, genuine and impostor apart (B={nb}, "
+                        f"seed={seed}, threshold re-estimated)"
+                    )
         elif protocol in ("mad", "pad"):
             src = details.get("threshold_source") or "test-eer"
             thr: Any = "test-eer" if src == "test-eer" else details.get("threshold")
@@ -296,10 +335,15 @@ def case_statistics(protocol: str, metrics: dict[str, float], details: dict[str,
                 unit = "videos"
             nb = n_resamples(len(s), b)
             mrule = details.get("metric_rule")
-            ci.update(bootstrap_ci(_attack_stat(protocol, s, y, types, thr, wanted, mrule), len(s),
-                                   strata=y, b=nb, seed=seed))
+            ci.update(
+                bootstrap_ci(
+                    _attack_stat(protocol, s, y, types, thr, wanted, mrule), len(s), strata=y, b=nb, seed=seed
+                )
+            )
             held = "re-estimated" if thr == "test-eer" else f"held at the {src} threshold"
             for k in ci:
-                method[k] = (f"bootstrap over {unit}, bona fide and attack apart (B={nb}, "
-                             f"seed={seed}, threshold {held})")
+                method[k] = (
+                    f"bootstrap over {unit}, bona fide and attack apart (B={nb}, "
+                    f"seed={seed}, threshold {held})"
+                )
     return n, {k: [float(lo), float(hi)] for k, (lo, hi) in ci.items()}, method

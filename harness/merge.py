@@ -69,8 +69,14 @@ def merge_runs(runs: Sequence[RunData]) -> tuple[dict[str, Any], list[CaseRecord
     return run, recs
 
 
-def merge(out_dir: str | Path, inputs: Sequence[str | Path], *, show_ci: bool = False,
-          baseline: str | None = None, max_drop: float | None = None) -> Path:
+def merge(
+    out_dir: str | Path,
+    inputs: Sequence[str | Path],
+    *,
+    show_ci: bool = False,
+    baseline: str | None = None,
+    max_drop: float | None = None,
+) -> Path:
     from harness.output import write_outputs
 
     base = load_run(baseline) if baseline else None  # before anything is written
@@ -94,9 +100,16 @@ def merge(out_dir: str | Path, inputs: Sequence[str | Path], *, show_ci: bool = 
     store.model_loads = loads
     if not store.close():
         raise HarnessError(f"cannot write {store.write_error}")
-    res = write_outputs(out, records, store.run, scores_root=out / SCORES_DIR if have_scores else None,
-                        show_ci=show_ci, baseline=base, max_drop=max_drop,
-                        interrupted=bool(run.get("interrupted")))
+    res = write_outputs(
+        out,
+        records,
+        store.run,
+        scores_root=out / SCORES_DIR if have_scores else None,
+        show_ci=show_ci,
+        baseline=base,
+        max_drop=max_drop,
+        interrupted=bool(run.get("interrupted")),
+    )
     if res.errors:
         raise HarnessError("; ".join(res.errors))
     return out / "report.md"
@@ -106,14 +119,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="tradeoff-bench-merge",
         description="Merge several runs' results.json (e.g. shards) into one results folder: "
-                    "results.json, report.md, results.csv, CLIP_benchmark JSON and figures.")
+        "results.json, report.md, results.csv, CLIP_benchmark JSON and figures.",
+    )
     ap.add_argument("out_dir", metavar="OUT_DIR", help="folder to write (created)")
     ap.add_argument("inputs", nargs="+", metavar="RESULTS_JSON", help="results.json of each run")
     ap.add_argument("--ci", action="store_true", help="show 95 %% intervals in the tables")
-    ap.add_argument("--baseline", metavar="OLD/results.json",
-                    help="compare against an earlier run (or a paper reference file)")
-    ap.add_argument("--max-drop", type=float, metavar="POINTS",
-                    help="mark metrics that lost more than POINTS percentage points vs --baseline")
+    ap.add_argument(
+        "--baseline",
+        metavar="OLD/results.json",
+        help="compare against an earlier run (or a paper reference file)",
+    )
+    ap.add_argument(
+        "--max-drop",
+        type=float,
+        metavar="POINTS",
+        help="mark metrics that lost more than POINTS percentage points vs --baseline",
+    )
     a = ap.parse_args(argv)
     try:
         report = merge(a.out_dir, a.inputs, show_ci=a.ci, baseline=a.baseline, max_drop=a.max_drop)

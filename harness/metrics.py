@@ -49,10 +49,24 @@ from typing import Any, NamedTuple
 import numpy as np
 
 __all__ = [
-    "roc", "eer", "eer_threshold", "tar_at_far", "roc_auc",
-    "apcer", "apcer_per_type", "bpcer", "acer", "hter",
-    "bpcer_at_apcer", "apcer_at_bpcer", "verification_accuracy", "verification_val",
-    "RULES", "EerPoint", "eer_point", "rule_roc",
+    "roc",
+    "eer",
+    "eer_threshold",
+    "tar_at_far",
+    "roc_auc",
+    "apcer",
+    "apcer_per_type",
+    "bpcer",
+    "acer",
+    "hter",
+    "bpcer_at_apcer",
+    "apcer_at_bpcer",
+    "verification_accuracy",
+    "verification_val",
+    "RULES",
+    "EerPoint",
+    "eer_point",
+    "rule_roc",
 ]
 
 RULES: tuple[str, ...] = ("iso", "madation", "foundpad")
@@ -62,6 +76,7 @@ _REL_TOL = 1e-12
 
 
 # ---------------------------------------------------------------------------------- validation
+
 
 def _as_scores(scores: Any, name: str = "scores") -> np.ndarray:
     s = np.asarray(scores)
@@ -93,8 +108,9 @@ def _as_labels(labels: Any, n: int) -> np.ndarray:
     return y == 1
 
 
-def _validate(scores: Any, labels: Any, *, need_pos: bool = True, need_neg: bool = True
-              ) -> tuple[np.ndarray, np.ndarray]:
+def _validate(
+    scores: Any, labels: Any, *, need_pos: bool = True, need_neg: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     s = _as_scores(scores)
     y = _as_labels(labels, len(s))
     if len(s) == 0:
@@ -122,8 +138,9 @@ def _check_rate(value: Any, name: str, *, allow_zero: bool) -> float:
     try:
         v = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number in {'[0' if allow_zero else '(0'}, 1], "
-                         f"got {value!r}") from None
+        raise ValueError(
+            f"{name} must be a number in {'[0' if allow_zero else '(0'}, 1], got {value!r}"
+        ) from None
     lo_ok = v >= 0 if allow_zero else v > 0
     if not (lo_ok and v <= 1):
         raise ValueError(f"{name} must be in {'[0' if allow_zero else '(0'}, 1], got {value!r}")
@@ -147,14 +164,15 @@ def _max_count(rate: float, n: int) -> int:
 
 # ----------------------------------------------------------------------------------------- ROC
 
+
 class _Roc(NamedTuple):
-    thresholds: np.ndarray   # descending; thresholds[0] = +inf (reject all)
-    fp: np.ndarray           # int64 false accepts (impostors with s >= t)
-    tp: np.ndarray           # int64 true accepts (genuine with s >= t)
+    thresholds: np.ndarray  # descending; thresholds[0] = +inf (reject all)
+    fp: np.ndarray  # int64 false accepts (impostors with s >= t)
+    tp: np.ndarray  # int64 true accepts (genuine with s >= t)
     n_pos: int
     n_neg: int
-    order: np.ndarray        # the descending sort order of the scores
-    ends: np.ndarray         # index (in sorted order) of the last sample of each distinct score
+    order: np.ndarray  # the descending sort order of the scores
+    ends: np.ndarray  # index (in sorted order) of the last sample of each distinct score
 
 
 def _roc_counts(s: np.ndarray, y: np.ndarray) -> _Roc:
@@ -186,6 +204,7 @@ def roc(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 # ------------------------------------------------------------------- upstream rules (reduced ROC)
 
+
 def _check_rule(rule: Any) -> str:
     if not isinstance(rule, str) or rule not in RULES:
         raise ValueError(f"rule must be one of {', '.join(map(repr, RULES))}, got {rule!r}")
@@ -193,9 +212,9 @@ def _check_rule(rule: Any) -> str:
 
 
 class _RuleRoc(NamedTuple):
-    thresholds: np.ndarray   # raw-score thresholds (accept s >= t); thresholds[0] = +inf
-    fpr: np.ndarray          # APCER / FAR at each kept point, sklearn's float64 division
-    tpr: np.ndarray          # 1 - BPCER
+    thresholds: np.ndarray  # raw-score thresholds (accept s >= t); thresholds[0] = +inf
+    fpr: np.ndarray  # APCER / FAR at each kept point, sklearn's float64 division
+    tpr: np.ndarray  # 1 - BPCER
 
 
 def _z_normalise(scores: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -205,8 +224,10 @@ def _z_normalise(scores: Any) -> tuple[np.ndarray, np.ndarray]:
     zs = s0 if s0.dtype == np.float32 else s
     sd = np.std(zs)
     if not sd > 0:
-        raise ValueError("scores are all equal (std 0): z-normalisation is undefined (the upstream "
-                         "code gets NaN scores there)")
+        raise ValueError(
+            "scores are all equal (std 0): z-normalisation is undefined (the upstream "
+            "code gets NaN scores there)"
+        )
     z = (zs - np.mean(zs)) / sd
     return s, z
 
@@ -225,7 +246,7 @@ def _rule_roc(scores: Any, labels: Any) -> _RuleRoc:
     tp = np.cumsum(ys, dtype=np.int64)[ends]
     fp = (ends + 1) - tp
     thr = s[order][ends]
-    if len(fp) > 2:       # sklearn: drop points collinear with their neighbours
+    if len(fp) > 2:  # sklearn: drop points collinear with their neighbours
         keep = np.r_[True, (np.diff(fp, 2) != 0) | (np.diff(tp, 2) != 0), True]
         tp, fp, thr = tp[keep], fp[keep], thr[keep]
     tp = np.r_[np.int64(0), tp]
@@ -256,7 +277,7 @@ class EerPoint(NamedTuple):
     bpcer: float
     hter: float
     auc: float
-    threshold: float    # raw score scale; accept s >= threshold
+    threshold: float  # raw score scale; accept s >= threshold
 
 
 def eer_point(scores: Any, labels: Any, rule: str = "foundpad") -> EerPoint:
@@ -268,13 +289,21 @@ def eer_point(scores: Any, labels: Any, rule: str = "foundpad") -> EerPoint:
     threshold of point ``i`` (applying it with ``s >= threshold`` gives these rates).
     """
     if _check_rule(rule) == "iso":
-        raise ValueError("eer_point takes rule 'madation' or 'foundpad' (for 'iso' use eer, "
-                         "eer_threshold and the rates at that threshold)")
+        raise ValueError(
+            "eer_point takes rule 'madation' or 'foundpad' (for 'iso' use eer, "
+            "eer_threshold and the rates at that threshold)"
+        )
     r = _rule_roc(scores, labels)
     i = _rule_eer_index(r)
     frr = 1.0 - r.tpr
-    return EerPoint(float(r.fpr[i]), float(r.fpr[i]), float(frr[i]),
-                    float((r.fpr[i] + frr[i]) / 2.0), _trapezoid_auc(r), float(r.thresholds[i]))
+    return EerPoint(
+        float(r.fpr[i]),
+        float(r.fpr[i]),
+        float(frr[i]),
+        float((r.fpr[i] + frr[i]) / 2.0),
+        _trapezoid_auc(r),
+        float(r.thresholds[i]),
+    )
 
 
 def _trapezoid_auc(r: _RuleRoc) -> float:
@@ -287,12 +316,12 @@ def _eer_index(r: _Roc) -> tuple[int, float]:
     """First ROC index k with FRR_k <= FAR_k (k >= 1) and the interpolated EER."""
     far = r.fp / r.n_neg
     frr = 1.0 - r.tp / r.n_pos
-    d = frr - far                      # non-increasing, d[0] = 1, d[-1] = -1
+    d = frr - far  # non-increasing, d[0] = 1, d[-1] = -1
     # d is monotone: searchsorted on -d (non-decreasing) for the first -d >= 0
     k = int(np.searchsorted(-d, 0.0, side="left"))
     if d[k] == 0.0:
         return k, float(far[k])
-    a = d[k - 1] / (d[k - 1] - d[k])   # in (0, 1)
+    a = d[k - 1] / (d[k - 1] - d[k])  # in (0, 1)
     return k, float(far[k - 1] + a * (far[k] - far[k - 1]))
 
 
@@ -339,7 +368,7 @@ def eer_threshold(scores: Any, labels: Any, rule: str = "iso") -> float:
     frr = 1.0 - r.tp / r.n_pos
     if abs(frr[k - 1] - far[k - 1]) < abs(frr[k] - far[k]):
         k -= 1
-    return float(r.thresholds[k]) + 0.0   # + 0.0: no -0.0
+    return float(r.thresholds[k]) + 0.0  # + 0.0: no -0.0
 
 
 def tar_at_far(scores: Any, labels: Any, far: float) -> float:
@@ -375,6 +404,7 @@ def roc_auc(scores: Any, labels: Any, rule: str = "iso") -> float:
 
 # ------------------------------------------------------------------ rates at a fixed threshold
 
+
 def bpcer(scores: Any, labels: Any, threshold: float) -> float:
     """BPCER(t) = #{bona fide: s < t} / #{bona fide} (bona fide rejected; = FRR)."""
     t = _check_threshold(threshold)
@@ -382,8 +412,7 @@ def bpcer(scores: Any, labels: Any, threshold: float) -> float:
     return float(np.count_nonzero(s[y] < t) / np.count_nonzero(y))
 
 
-def apcer_per_type(scores: Any, labels: Any, threshold: float, attack_types: Any = None
-                   ) -> dict[str, float]:
+def apcer_per_type(scores: Any, labels: Any, threshold: float, attack_types: Any = None) -> dict[str, float]:
     """APCER of each attack type: ``#{attacks of type a: s >= t} / #{attacks of type a}``.
 
     Keys are the distinct ``attack_types`` of the attack rows (as ``str``), sorted; without
@@ -402,8 +431,7 @@ def apcer_per_type(scores: Any, labels: Any, threshold: float, attack_types: Any
     return out
 
 
-def apcer(scores: Any, labels: Any, threshold: float, attack_types: Any = None,
-          mode: str = "max") -> float:
+def apcer(scores: Any, labels: Any, threshold: float, attack_types: Any = None, mode: str = "max") -> float:
     """APCER at threshold ``t``.
 
     ``mode="max"`` (ISO/IEC 30107-3): ``max_a #{attacks of type a: s >= t} / #{attacks of a}``.
@@ -438,8 +466,8 @@ def hter(scores: Any, labels: Any, threshold: float) -> float:
 
 # ---------------------------------------------------------------- operating points (APCER/BPCER)
 
-def _apcer_counts(r: _Roc, y: np.ndarray, attack_types: Any
-                  ) -> list[tuple[np.ndarray, int]]:
+
+def _apcer_counts(r: _Roc, y: np.ndarray, attack_types: Any) -> list[tuple[np.ndarray, int]]:
     """Per attack type: (accepted attacks of that type at each ROC point, type size)."""
     if attack_types is None:
         return [(r.fp, r.n_neg)]
@@ -456,14 +484,17 @@ def _apcer_counts(r: _Roc, y: np.ndarray, attack_types: Any
 
 def _rule_op(rule: str, attack_types: Any, name: str) -> None:
     if rule == "foundpad":
-        raise ValueError(f"rule 'foundpad' defines no {name} (FoundPAD reports EER, HTER, APCER, "
-                         "BPCER and AUC); use rule 'iso' or 'madation'")
+        raise ValueError(
+            f"rule 'foundpad' defines no {name} (FoundPAD reports EER, HTER, APCER, "
+            "BPCER and AUC); use rule 'iso' or 'madation'"
+        )
     if attack_types is not None:
         raise ValueError(f"rule {rule!r} pools every attack: attack_types only applies to rule 'iso'")
 
 
-def bpcer_at_apcer(scores: Any, labels: Any, apcer: float, attack_types: Any = None,
-                   rule: str = "iso") -> float:
+def bpcer_at_apcer(
+    scores: Any, labels: Any, apcer: float, attack_types: Any = None, rule: str = "iso"
+) -> float:
     """Lowest BPCER over the thresholds whose APCER <= ``apcer`` (in [0, 1]).
 
     APCER is the maximum over ``attack_types`` when given (ISO/IEC 30107-3), else pooled;
@@ -487,8 +518,9 @@ def bpcer_at_apcer(scores: Any, labels: Any, apcer: float, attack_types: Any = N
     return float(1.0 - r.tp[k] / r.n_pos)
 
 
-def apcer_at_bpcer(scores: Any, labels: Any, bpcer: float, attack_types: Any = None,
-                   rule: str = "iso") -> float:
+def apcer_at_bpcer(
+    scores: Any, labels: Any, bpcer: float, attack_types: Any = None, rule: str = "iso"
+) -> float:
     """Lowest APCER over the thresholds whose BPCER <= ``bpcer`` (in [0, 1]).
 
     ``BPCER <= x`` means at most ``floor(x * P)`` bona fide rejected; APCER is the maximum over
@@ -513,8 +545,10 @@ def apcer_at_bpcer(scores: Any, labels: Any, bpcer: float, attack_types: Any = N
 
 # ------------------------------------------------------------------------- face verification
 
-def _pair_distances(emb1: Any, emb2: Any, issame: Any, n_folds: int
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+
+def _pair_distances(
+    emb1: Any, emb2: Any, issame: Any, n_folds: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Validated ``(squared distances of the unit vectors, issame bools, fold bounds)``."""
     a = np.asarray(emb1)
     b = np.asarray(emb2)
@@ -549,8 +583,7 @@ def _pair_distances(emb1: Any, emb2: Any, issame: Any, n_folds: int
     return dist, same, bounds
 
 
-def verification_accuracy(emb1: Any, emb2: Any, issame: Any, n_folds: int = 10
-                          ) -> tuple[float, float]:
+def verification_accuracy(emb1: Any, emb2: Any, issame: Any, n_folds: int = 10) -> tuple[float, float]:
     """InsightFace k-fold verification accuracy: ``(mean, population std)`` over the folds.
 
     1. ``e = x / ||x||`` for every row of ``emb1`` and ``emb2``; ``dist = ||e1 - e2||^2`` in [0, 4].
@@ -580,7 +613,7 @@ def verification_accuracy(emb1: Any, emb2: Any, issame: Any, n_folds: int = 10
     for f in range(n_folds):
         lo, hi = bounds[f], bounds[f + 1]
         fold = correct_counts(dist[lo:hi], same[lo:hi])
-        best = int(np.argmax(total - fold))    # first threshold with the best train accuracy
+        best = int(np.argmax(total - fold))  # first threshold with the best train accuracy
         accs[f] = fold[best] / (hi - lo)
     return float(np.mean(accs)), float(np.std(accs))
 
@@ -597,14 +630,15 @@ def _interp_slinear(x: np.ndarray, y: np.ndarray, x0: float) -> float:
     t = np.r_[x[0], x, x[-1]]
     m = min(int(np.searchsorted(t, x0, side="right")) - 1, n - 1)
     xa, xb = t[m], t[m + 1]
-    if xa == xb:     # x0 = x[-1] with x[-1] repeated: a zero-length interval, where the spline is 0
+    if xa == xb:  # x0 = x[-1] with x[-1] repeated: a zero-length interval, where the spline is 0
         return 0.0
     w = 1.0 / (xb - xa)
     return float(y[m - 1] * (w * (xb - x0)) + y[m] * (w * (x0 - xa)))
 
 
-def verification_val(emb1: Any, emb2: Any, issame: Any, far: float = 1e-3, n_folds: int = 10
-                     ) -> tuple[float, float, float]:
+def verification_val(
+    emb1: Any, emb2: Any, issame: Any, far: float = 1e-3, n_folds: int = 10
+) -> tuple[float, float, float]:
     """InsightFace's VAL at a target FAR (``calculate_val``): ``(val mean, val std, far mean)``.
 
     Distances and folds as :func:`verification_accuracy`.  For each fold, on the other folds:
@@ -629,8 +663,10 @@ def verification_val(emb1: Any, emb2: Any, issame: Any, far: float = 1e-3, n_fol
         te_same = dist[test & same]
         te_diff = dist[test & ~same]
         if len(tr_diff) == 0 or len(te_same) == 0 or len(te_diff) == 0:
-            raise ValueError(f"fold {f} of {n_folds}: VAL needs genuine and impostor pairs in every "
-                             "fold and impostor pairs outside it")
+            raise ValueError(
+                f"fold {f} of {n_folds}: VAL needs genuine and impostor pairs in every "
+                "fold and impostor pairs outside it"
+            )
         far_train = np.searchsorted(tr_diff, thresholds, side="left") / len(tr_diff)
         thr = _interp_slinear(far_train, thresholds, target) if far_train.max() >= target else 0.0
         vals[f] = np.count_nonzero(te_same < thr) / len(te_same)

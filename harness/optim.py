@@ -43,7 +43,7 @@ import torch
 
 _EPS32 = float(np.finfo(np.float32).eps)
 _TINY_P = 1e-30  # below this a float32 probability's log is recomputed from the logits
-NEWTON_MAX_PARAMS = 0      # Newton (exact Hessian) up to this many parameters, L-BFGS above
+NEWTON_MAX_PARAMS = 0  # Newton (exact Hessian) up to this many parameters, L-BFGS above
 DEFAULT_CHUNK = 4096
 
 
@@ -71,14 +71,15 @@ class SoftmaxObjective:
     and nothing of size ``n x k`` is kept.
     """
 
-    def __init__(self, X: torch.Tensor, y: torch.Tensor, k: int, *, cache: bool = True,
-                 chunk: int = DEFAULT_CHUNK):
+    def __init__(
+        self, X: torch.Tensor, y: torch.Tensor, k: int, *, cache: bool = True, chunk: int = DEFAULT_CHUNK
+    ):
         self.X, self.y, self.k = X, y, k
         self.n, self.d1 = X.shape
         self.lam = 0.0
         self.cache = cache
         self.chunk = max(1, int(chunk))
-        self._z: torch.Tensor | None = None   # logits at the current iterate (cache mode)
+        self._z: torch.Tensor | None = None  # logits at the current iterate (cache mode)
 
     # -- basic pieces -------------------------------------------------------------------------
 
@@ -117,8 +118,7 @@ class SoftmaxObjective:
         r[y, cols] -= 1.0
         return data, r
 
-    def _finish(self, x: torch.Tensor, data: torch.Tensor, G: torch.Tensor
-                ) -> tuple[float, torch.Tensor]:
+    def _finish(self, x: torch.Tensor, data: torch.Tensor, G: torch.Tensor) -> tuple[float, torch.Tensor]:
         Wb = x.view(self.k, self.d1)
         G.mul_(1.0 / self.n).add_(Wb, alpha=self.lam)
         G[:, -1].sub_(Wb[:, -1], alpha=self.lam)  # the bias is not penalised
@@ -152,6 +152,7 @@ class SoftmaxObjective:
         ``accept(t) -> gradient at theta(t)``, which becomes the current iterate."""
         last: dict[str, Any] = {}
         if not self.cache:
+
             def phi_chunked(t: float) -> tuple[float, float]:
                 xt = torch.add(x, d, alpha=t)
                 f, g = self.value_grad(xt)
@@ -167,8 +168,7 @@ class SoftmaxObjective:
 
         U = torch.mm(d.view(self.k, self.d1), self.X.t())
         Wx, Wd = x.view(self.k, self.d1)[:, :-1], d.view(self.k, self.d1)[:, :-1]
-        ww, wd, dd = (float(torch.sum(a * b, dtype=torch.float64))
-                      for a, b in ((Wx, Wx), (Wx, Wd), (Wd, Wd)))
+        ww, wd, dd = (float(torch.sum(a * b, dtype=torch.float64)) for a, b in ((Wx, Wx), (Wx, Wd), (Wd, Wd)))
         lam, n = self.lam, self.n
         z0 = self._z
         assert z0 is not None, "start() before line()"
@@ -185,8 +185,7 @@ class SoftmaxObjective:
                 phi(t)
             self._z = last["z"]
             xt = torch.add(x, d, alpha=t)
-            return self._finish(xt, torch.zeros((), dtype=torch.float64),
-                                torch.mm(last["r"], self.X))[1]
+            return self._finish(xt, torch.zeros((), dtype=torch.float64), torch.mm(last["r"], self.X))[1]
 
         return phi, accept
 
@@ -201,13 +200,13 @@ class SoftmaxObjective:
         step = self.chunk
         D = torch.zeros(k, d1, d1, dtype=self.X.dtype, device=self.X.device)
         for s in range(0, self.n, step):
-            Xc = self.X[s:s + step]
-            P = torch.softmax(torch.mm(Wb, Xc.t()), dim=0)            # k x c
+            Xc = self.X[s : s + step]
+            P = torch.softmax(torch.mm(Wb, Xc.t()), dim=0)  # k x c
             V = (P.t()[:, :, None] * Xc[:, None, :]).reshape(Xc.shape[0], k * d1)
             H.sub_(torch.mm(V.t(), V).double())
             D.baddbmm_(Xc.t()[None] * P[:, None, :], Xc[None].expand(k, -1, -1))
         for a in range(k):
-            H[a * d1:(a + 1) * d1, a * d1:(a + 1) * d1].add_(D[a].double())
+            H[a * d1 : (a + 1) * d1, a * d1 : (a + 1) * d1].add_(D[a].double())
         H.mul_(1.0 / self.n)
         pen = torch.full((k, d1), self.lam, dtype=torch.float64, device=H.device)
         pen[:, -1] = 0.0
@@ -264,8 +263,7 @@ def strong_wolfe(phi, f0: float, gd0: float, t: float, *, c1=1e-4, c2=0.9, max_e
         if width <= 1e-12 * max(b, 1e-12):
             break
         if math.isfinite(hi[1]):
-            t = _cubic_step(lo[0], lo[1], lo[2], hi[0], hi[1], hi[2],
-                            a + 0.1 * width, b - 0.1 * width)
+            t = _cubic_step(lo[0], lo[1], lo[2], hi[0], hi[1], hi[2], a + 0.1 * width, b - 0.1 * width)
         else:
             t = 0.5 * (a + b)
         f, gd = phi(t)
@@ -292,8 +290,14 @@ class KfacPreconditioner:
     largest (``A`` is singular along the all-classes direction of the unpenalised bias).
     """
 
-    def __init__(self, obj: SoftmaxObjective, x0: torch.Tensor, *, sample: int = 8192,
-                 G_eig: tuple[torch.Tensor, torch.Tensor] | None = None):
+    def __init__(
+        self,
+        obj: SoftmaxObjective,
+        x0: torch.Tensor,
+        *,
+        sample: int = 8192,
+        G_eig: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ):
         X, k, d1 = obj.X, obj.k, obj.d1
         stride = max(1, obj.n // sample)
         if G_eig is None:
@@ -302,8 +306,8 @@ class KfacPreconditioner:
             G_eig = torch.linalg.eigh(G)
         self.G_eig = G_eig
         lg, Ug = G_eig
-        rows = X[::max(1, obj.n // max(1, sample // 4))]
-        P = torch.softmax(torch.mm(x0.view(k, d1), rows.t()), dim=0)   # k x m
+        rows = X[:: max(1, obj.n // max(1, sample // 4))]
+        P = torch.softmax(torch.mm(x0.view(k, d1), rows.t()), dim=0)  # k x m
         A = (torch.diag(P.mean(dim=1)) - P @ P.t() / P.shape[1]).double()
         la, Ua = torch.linalg.eigh(A)
         la = la.clamp_min(1e-3 * float(la.max()))
@@ -386,10 +390,17 @@ def _max_abs(g: torch.Tensor) -> float:
     return float(torch.linalg.vector_norm(g, ord=math.inf))
 
 
-def lbfgs(obj: SoftmaxObjective, x0: torch.Tensor, memory: LbfgsMemory, *,
-          max_iter: int = 1000, tol: float = 1e-4, ftol: float = 64 * np.finfo(float).eps,
-          refresh: int = 20, z0: torch.Tensor | None = None,
-          ) -> tuple[torch.Tensor, dict[str, Any]]:
+def lbfgs(
+    obj: SoftmaxObjective,
+    x0: torch.Tensor,
+    memory: LbfgsMemory,
+    *,
+    max_iter: int = 1000,
+    tol: float = 1e-4,
+    ftol: float = 64 * np.finfo(float).eps,
+    refresh: int = 20,
+    z0: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, Any]]:
     """Minimise ``obj`` from ``x0`` by L-BFGS with a strong-Wolfe line search.
 
     Stops when ``max|grad| <= tol`` (converged: scikit-learn's lbfgs criterion, on the same
@@ -441,7 +452,7 @@ def lbfgs(obj: SoftmaxObjective, x0: torch.Tensor, memory: LbfgsMemory, *,
         t, f_new = strong_wolfe(counting_phi, f, gd0, t0)
         n_trials += counted[0]
         if t == 0.0:
-            if memory.order:     # drop the curvature memory and retry along -grad
+            if memory.order:  # drop the curvature memory and retry along -grad
                 memory.clear()
                 continue
             break
@@ -456,9 +467,15 @@ def lbfgs(obj: SoftmaxObjective, x0: torch.Tensor, memory: LbfgsMemory, *,
     return x, {"n_iter": n_iter, "n_trials": n_trials, "converged": converged, "solver": "lbfgs"}
 
 
-def newton(obj: SoftmaxObjective, x0: torch.Tensor, *, max_iter: int = 1000, tol: float = 1e-4,
-           ftol: float = 64 * np.finfo(float).eps, z0: torch.Tensor | None = None,
-           ) -> tuple[torch.Tensor, dict[str, Any]]:
+def newton(
+    obj: SoftmaxObjective,
+    x0: torch.Tensor,
+    *,
+    max_iter: int = 1000,
+    tol: float = 1e-4,
+    ftol: float = 64 * np.finfo(float).eps,
+    z0: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, Any]]:
     """Minimise ``obj`` from ``x0`` by Newton's method (exact Hessian, Cholesky, strong-Wolfe
     line search starting at the full step); same stopping rules as :func:`lbfgs`.
 

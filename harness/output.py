@@ -28,11 +28,20 @@ def suite_meta(suite: Any) -> dict[str, Any]:
     return {
         "suite_description": getattr(suite, "description", "") or "",
         "demo": str(getattr(suite, "name", "")) in DEMO_SUITE_NAMES,
-        "models": {m.id: {"label": m.display, "baseline": m.baseline, "arch": m.arch,
-                          "pretrained": m.pretrained, "checkpoint": m.checkpoint}
-                   for m in suite.models.values()},
-        "datasets": {d.id: {"label": d.display, "type": d.type, "protocols": list(d.protocols)}
-                     for d in suite.datasets.values()},
+        "models": {
+            m.id: {
+                "label": m.display,
+                "baseline": m.baseline,
+                "arch": m.arch,
+                "pretrained": m.pretrained,
+                "checkpoint": m.checkpoint,
+            }
+            for m in suite.models.values()
+        },
+        "datasets": {
+            d.id: {"label": d.display, "type": d.type, "protocols": list(d.protocols)}
+            for d in suite.datasets.values()
+        },
     }
 
 
@@ -43,11 +52,19 @@ class Outputs:
     errors: list[str] = field(default_factory=list)
 
 
-def write_outputs(out_dir: str | os.PathLike, records: list[CaseRecord], run: dict[str, Any], *,
-                  scores_root: Path | None = None, show_ci: bool = False,
-                  baseline: RunData | None = None, max_drop: float | None = None,
-                  interrupted: bool = False, write_error: str | None = None,
-                  plots: bool = True) -> Outputs:
+def write_outputs(
+    out_dir: str | os.PathLike,
+    records: list[CaseRecord],
+    run: dict[str, Any],
+    *,
+    scores_root: Path | None = None,
+    show_ci: bool = False,
+    baseline: RunData | None = None,
+    max_drop: float | None = None,
+    interrupted: bool = False,
+    write_error: str | None = None,
+    plots: bool = True,
+) -> Outputs:
     """Figures, report.md, results.csv and CLIP_benchmark files of ``records`` in ``out_dir``.
 
     A file that cannot be written is reported in ``Outputs.errors``, never raised."""
@@ -59,6 +76,7 @@ def write_outputs(out_dir: str | os.PathLike, records: list[CaseRecord], run: di
     paths: list[Path] = []
     figures: list[tuple[str, str]] = []
     if plots:
+
         def scores_of(rec: CaseRecord) -> ScoreSet | None:
             if scores_root is None:
                 return None
@@ -68,6 +86,7 @@ def write_outputs(out_dir: str | os.PathLike, records: list[CaseRecord], run: di
             except (OSError, ValueError) as e:
                 errors.append(f"{p}: unreadable scores ({e})")
                 return None
+
         try:
             from harness.plots import make_plots
 
@@ -76,8 +95,14 @@ def write_outputs(out_dir: str | os.PathLike, records: list[CaseRecord], run: di
             errors.append(f"{out}: figures not written ({e.strerror or e})")
         except ImportError as e:
             errors.append(f"figures not drawn: {e} (pip install matplotlib)")
-    opts = ReportOptions(show_ci=show_ci, baseline=baseline, max_drop=max_drop, plots=figures,
-                         interrupted=interrupted, write_error=write_error)
+    opts = ReportOptions(
+        show_ci=show_ci,
+        baseline=baseline,
+        max_drop=max_drop,
+        plots=figures,
+        interrupted=interrupted,
+        write_error=write_error,
+    )
     from harness.report import canonical_order, labels
 
     models, datasets, _ = labels(run, records)
@@ -120,9 +145,15 @@ def decode_baseline(s: str | None) -> dict[tuple[str, str, str], dict[str, float
     return {(k[0], k[1], k[2]): {str(a): float(b) for a, b in v.items()} for k, v in json.loads(s)}
 
 
-def record_extras(protocol: str, model: str, dataset: str, metrics: dict[str, float],
-                  details: dict[str, Any], scores: ScoreSet | None,
-                  scores_root: str | os.PathLike | None) -> dict[str, Any]:
+def record_extras(
+    protocol: str,
+    model: str,
+    dataset: str,
+    metrics: dict[str, float],
+    details: dict[str, Any],
+    scores: ScoreSet | None,
+    scores_root: str | os.PathLike | None,
+) -> dict[str, Any]:
     """What ``case.record`` adds to a case: ``{"n", "ci", "ci_method"}`` and, with scores,
     their file under ``scores_root`` (a failed write becomes ``details["warnings"]``)."""
     from harness.intervals import case_statistics
@@ -146,8 +177,14 @@ def record_extras(protocol: str, model: str, dataset: str, metrics: dict[str, fl
     return out
 
 
-BENCHMARK_TABLE_OPTIONS = ("--benchmark-verbose", "--benchmark-columns", "--benchmark-sort",
-                           "--benchmark-group-by", "--benchmark-histogram", "--benchmark-name")
+BENCHMARK_TABLE_OPTIONS = (
+    "--benchmark-verbose",
+    "--benchmark-columns",
+    "--benchmark-sort",
+    "--benchmark-group-by",
+    "--benchmark-histogram",
+    "--benchmark-name",
+)
 
 
 def quiet_benchmark_table(config: Any) -> None:
@@ -167,10 +204,18 @@ def quiet_benchmark_table(config: Any) -> None:
 class RunOutputs:
     """The results of one pytest session (main process)."""
 
-    def __init__(self, results_dir: str | os.PathLike, run: dict[str, Any],
-                 baselines: dict[str, str | None], *, baseline: RunData | None = None,
-                 max_drop: float | None = None, save_scores: bool = False, show_ci: bool = False,
-                 flush_interval: float = 2.0):
+    def __init__(
+        self,
+        results_dir: str | os.PathLike,
+        run: dict[str, Any],
+        baselines: dict[str, str | None],
+        *,
+        baseline: RunData | None = None,
+        max_drop: float | None = None,
+        save_scores: bool = False,
+        show_ci: bool = False,
+        flush_interval: float = 2.0,
+    ):
         self.results_dir = Path(results_dir)
         # ``baseline``: read completely (read_baseline) before anything is written, since
         # --baseline may be this very folder's results.json
@@ -178,8 +223,9 @@ class RunOutputs:
         self.max_drop = max_drop
         self.save_scores = save_scores
         self.show_ci = show_ci
-        self.store = ResultStore(self.results_dir / "results.json", run, baselines,
-                                 flush_interval=flush_interval)
+        self.store = ResultStore(
+            self.results_dir / "results.json", run, baselines, flush_interval=flush_interval
+        )
         self.outputs: Outputs | None = None
         self.warnings: list[str] = []
 
@@ -199,9 +245,16 @@ class RunOutputs:
         self.store.close()
         records = list(self.store.records.values())
         self.outputs = write_outputs(
-            self.results_dir, records, run, scores_root=self.scores_root, show_ci=self.show_ci,
-            baseline=self.baseline, max_drop=self.max_drop, interrupted=interrupted,
-            write_error=self.store.write_error)
+            self.results_dir,
+            records,
+            run,
+            scores_root=self.scores_root,
+            show_ci=self.show_ci,
+            baseline=self.baseline,
+            max_drop=self.max_drop,
+            interrupted=interrupted,
+            write_error=self.store.write_error,
+        )
         if self.store.write_error:  # one more try once the report is out (space may be back)
             self.store.close()
         if not self.save_scores:
@@ -212,9 +265,11 @@ class RunOutputs:
         """The closing lines: where results are, or why they are not there."""
         out: list[str] = []
         if self.store.write_error:
-            out.append(f"RESULTS NOT WRITTEN: {self.store.write_error} — every finished case "
-                       "is in the report below/above; free space and rerun to keep them")
-        for e in (self.outputs.errors if self.outputs else []):
+            out.append(
+                f"RESULTS NOT WRITTEN: {self.store.write_error} — every finished case "
+                "is in the report below/above; free space and rerun to keep them"
+            )
+        for e in self.outputs.errors if self.outputs else []:
             out.append(f"not written: {e}")
         out.append(f"results: {self.results_dir / 'results.json'}")
         out.append(f"report:  {self.results_dir / 'report.md'}")

@@ -54,8 +54,14 @@ def _delta(mat, m, b):
 
 # --------------------------------------------------------------------------- trade-off
 
-def tradeoff_figure(records: list[CaseRecord], protocol: str, models: dict[str, str],
-                    bases: dict[str, str | None], datasets: dict[str, str] | None = None):
+
+def tradeoff_figure(
+    records: list[CaseRecord],
+    protocol: str,
+    models: dict[str, str],
+    bases: dict[str, str | None],
+    datasets: dict[str, str] | None = None,
+):
     """Gain on ``protocol`` (points, + = better) against GELO, one point per fine-tuned model
     and general protocol; None when no fine-tuned model has both numbers."""
     metric = headline(protocol)
@@ -82,22 +88,29 @@ def tradeoff_figure(records: list[CaseRecord], protocol: str, models: dict[str, 
     color = {lab: colors[i % len(colors)] for i, lab in enumerate(names)}
     by_model: dict[str, list[tuple[float, float]]] = {}
     for i, (p, pts) in enumerate(series.items()):
-        ax.scatter([x for x, _, _ in pts], [y for _, y, _ in pts], marker=MARKERS[i % len(MARKERS)],
-                   s=70, c=[color[lab] for _, _, lab in pts], edgecolors="black", linewidths=0.5,
-                   zorder=3)
+        ax.scatter(
+            [x for x, _, _ in pts],
+            [y for _, y, _ in pts],
+            marker=MARKERS[i % len(MARKERS)],
+            s=70,
+            c=[color[lab] for _, _, lab in pts],
+            edgecolors="black",
+            linewidths=0.5,
+            zorder=3,
+        )
         for x, y, lab in pts:
             by_model.setdefault(lab, []).append((x, y))
     for lab, mpts in by_model.items():  # one model's points joined: same gain, two GELOs
         mpts.sort(key=lambda q: q[1])
-        ax.plot([x for x, _ in mpts], [y for _, y in mpts], color=color[lab], lw=1, alpha=0.6,
-                label=lab)
+        ax.plot([x for x, _ in mpts], [y for _, y in mpts], color=color[lab], lw=1, alpha=0.6, label=lab)
     for i, p in enumerate(series):
-        ax.scatter([], [], marker=MARKERS[i % len(MARKERS)], c="white", edgecolors="black",
-                   label=f"{p} GELO")
+        ax.scatter([], [], marker=MARKERS[i % len(MARKERS)], c="white", edgecolors="black", label=f"{p} GELO")
     ax.axhline(1.0, color="grey", lw=0.8, ls="--")
     ax.axvline(0.0, color="grey", lw=0.8, ls="--")
     better = "lower" if sign < 0 else "higher"
-    ax.set_xlabel(f"gain on {protocol} {metric} vs base model\n(percentage points; + = {better} {metric}, better)")
+    ax.set_xlabel(
+        f"gain on {protocol} {metric} vs base model\n(percentage points; + = {better} {metric}, better)"
+    )
     ax.set_ylabel("GELO (general ability kept; 1 = no loss)")
     ax.set_title(f"Trade-off: {protocol} gain vs general-vision GELO")
     ax.legend(loc="best", fontsize=8)
@@ -107,8 +120,9 @@ def tradeoff_figure(records: list[CaseRecord], protocol: str, models: dict[str, 
     return fig
 
 
-def relative_change_figure(records: list[CaseRecord], models: dict[str, str],
-                           bases: dict[str, str | None], datasets: dict[str, str]):
+def relative_change_figure(
+    records: list[CaseRecord], models: dict[str, str], bases: dict[str, str | None], datasets: dict[str, str]
+):
     """Per general protocol a panel: per dataset, each fine-tuned model's relative change
     (model / base − 1, %) of the headline metric."""
     gens = [p for p in PROTOCOLS if is_general(p) and any(r.protocol == p for r in records)]
@@ -127,13 +141,18 @@ def relative_change_figure(records: list[CaseRecord], models: dict[str, str],
         xs = np.arange(len(ds))
         for i, m in enumerate(tuned):
             b = str(bases[m])
-            vals = [100 * (mat[m][d] / mat[b][d] - 1) if d in mat[m] and d in mat[b] and mat[b][d]
-                    else np.nan for d in ds]
+            vals = [
+                100 * (mat[m][d] / mat[b][d] - 1) if d in mat[m] and d in mat[b] and mat[b][d] else np.nan
+                for d in ds
+            ]
             ax.bar(xs + (i - (len(tuned) - 1) / 2) * width, vals, width, label=models[m])
         ax.axhline(0, color="black", lw=0.8)
         ax.set_xticks(xs)
-        ax.set_xticklabels([datasets[d] for d in ds], rotation=30 if len(ds) > 3 else 0,
-                           ha="right" if len(ds) > 3 else "center")
+        ax.set_xticklabels(
+            [datasets[d] for d in ds],
+            rotation=30 if len(ds) > 3 else 0,
+            ha="right" if len(ds) > 3 else "center",
+        )
         ax.set_xlabel("dataset")
         ax.set_ylabel(f"relative change of {headline(p)} vs base model (%)")
         ax.set_title(f"{p}: fine-tuned vs base, per dataset")
@@ -144,6 +163,7 @@ def relative_change_figure(records: list[CaseRecord], models: dict[str, str],
 
 
 # ------------------------------------------------------------------------------ curves
+
 
 def curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(FAR, TAR) at every distinct threshold (accept iff score >= t), from (0, 0) to (1, 1),
@@ -165,8 +185,9 @@ def curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return far, tar
 
 
-def roc_det_figure(curves: dict[str, tuple[np.ndarray, np.ndarray, int, int]], protocol: str,
-                   dataset_label: str):
+def roc_det_figure(
+    curves: dict[str, tuple[np.ndarray, np.ndarray, int, int]], protocol: str, dataset_label: str
+):
     """ROC (TAR vs FAR, log FAR) and DET (FRR vs FAR, log-log) of every model on one dataset.
     ``curves``: model label -> (FAR, TAR, n genuine, n impostor)."""
     if not curves:
@@ -181,8 +202,13 @@ def roc_det_figure(curves: dict[str, tuple[np.ndarray, np.ndarray, int, int]], p
         floor = min(floor, 1.0 / max(n_neg, 1), 1.0 / max(n_pos, 1))
         ls = ("-", "--", "-.", ":")[i % 4]
         roc.plot(np.maximum(far, 0.5 / max(n_neg, 1)), tar, ls, label=lab, lw=1.5)
-        det.plot(np.maximum(far, 0.5 / max(n_neg, 1)), np.maximum(1 - tar, 0.5 / max(n_pos, 1)),
-                 ls, label=lab, lw=1.5)
+        det.plot(
+            np.maximum(far, 0.5 / max(n_neg, 1)),
+            np.maximum(1 - tar, 0.5 / max(n_pos, 1)),
+            ls,
+            label=lab,
+            lw=1.5,
+        )
     lo = max(floor / 2, 1e-7)
     roc.set_xscale("log")
     roc.set_xlim(lo, 1.0)
@@ -200,14 +226,23 @@ def roc_det_figure(curves: dict[str, tuple[np.ndarray, np.ndarray, int, int]], p
     for ax in (roc, det):
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8, loc="lower right" if ax is roc else "lower left")
-    fig.text(0.5, 0.005, "values below 1/n are drawn at 1/(2n) (n: impostor or genuine count)",
-             ha="center", fontsize=7, color="grey")
+    fig.text(
+        0.5,
+        0.005,
+        "values below 1/n are drawn at 1/(2n) (n: impostor or genuine count)",
+        ha="center",
+        fontsize=7,
+        color="grey",
+    )
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     return fig
 
 
-def tar_far_figure(curves: dict[str, tuple[np.ndarray, np.ndarray, int, int]], dataset_label: str,
-                   fars: list[float] | None = None):
+def tar_far_figure(
+    curves: dict[str, tuple[np.ndarray, np.ndarray, int, int]],
+    dataset_label: str,
+    fars: list[float] | None = None,
+):
     """IJB: TAR against FAR (log), every model; dotted verticals at the reported FARs, the
     region below 1 / impostor pairs shaded (not resolvable)."""
     if not curves:
@@ -218,8 +253,13 @@ def tar_far_figure(curves: dict[str, tuple[np.ndarray, np.ndarray, int, int]], d
         keep = far > 0
         ax.plot(far[keep], tar[keep], ("-", "--", "-.", ":")[i % 4], label=lab, lw=1.5)
     lo = min(1e-6, 0.5 / max(n_neg, 1))
-    ax.axvspan(lo, 1.0 / max(n_neg, 1), color="grey", alpha=0.15,
-               label=f"FAR < 1/{n_neg:,} impostor pairs: not resolvable")
+    ax.axvspan(
+        lo,
+        1.0 / max(n_neg, 1),
+        color="grey",
+        alpha=0.15,
+        label=f"FAR < 1/{n_neg:,} impostor pairs: not resolvable",
+    )
     for f in fars or []:
         ax.axvline(f, color="grey", lw=0.6, ls=":")
     ax.set_xscale("log")
@@ -236,6 +276,7 @@ def tar_far_figure(curves: dict[str, tuple[np.ndarray, np.ndarray, int, int]], d
 
 # ---------------------------------------------------------------------------------- all
 
+
 def save(fig, path: Path) -> Path:
     from harness._io import atomic_write
 
@@ -246,8 +287,12 @@ def save(fig, path: Path) -> Path:
     return path
 
 
-def make_plots(out_dir: str | Path, records: list[CaseRecord], run: dict[str, Any],
-               scores: Callable[[CaseRecord], Any] | None = None) -> list[tuple[str, str]]:
+def make_plots(
+    out_dir: str | Path,
+    records: list[CaseRecord],
+    run: dict[str, Any],
+    scores: Callable[[CaseRecord], Any] | None = None,
+) -> list[tuple[str, str]]:
     """Draw and save every figure the records allow; ``scores(rec)`` gives a case's
     :class:`~harness.scores.ScoreSet` or None.  Returns ``(title, file name)`` per figure."""
     from harness.report import labels
@@ -264,10 +309,12 @@ def make_plots(out_dir: str | Path, records: list[CaseRecord], run: dict[str, An
     for p in PROTOCOLS:
         if is_general(p) or not any(r.protocol == p for r in records):
             continue
-        keep(tradeoff_figure(records, p, models, bases), f"tradeoff-{p}.png",
-             f"Trade-off: {p} gain vs GELO")
-    keep(relative_change_figure(records, models, bases, datasets), "relative-change.png",
-         "Relative change per dataset vs base model")
+        keep(tradeoff_figure(records, p, models, bases), f"tradeoff-{p}.png", f"Trade-off: {p} gain vs GELO")
+    keep(
+        relative_change_figure(records, models, bases, datasets),
+        "relative-change.png",
+        "Relative change per dataset vs base model",
+    )
     if scores is None:
         return made
     by_key = {r.key: r for r in records}
@@ -290,13 +337,26 @@ def make_plots(out_dir: str | Path, records: list[CaseRecord], run: dict[str, An
                 curves[models[m]] = (far, tar, int(y.sum()), int((~y).sum()))
             if not curves:
                 continue
-            keep(roc_det_figure(curves, p, datasets[d]), f"roc-det-{p}-{_SAFE.sub('_', d)}.png",
-                 f"ROC and DET: {datasets[d]} ({p})")
+            keep(
+                roc_det_figure(curves, p, datasets[d]),
+                f"roc-det-{p}-{_SAFE.sub('_', d)}.png",
+                f"ROC and DET: {datasets[d]} ({p})",
+            )
             if p == "ijb":
-                fars = sorted({float(k.split("=", 1)[1]) for r in records if r.protocol == p
-                               for k in r.metrics if k.startswith("tar@far=")})
-                keep(tar_far_figure(curves, datasets[d], fars), f"tar-far-ijb-{_SAFE.sub('_', d)}.png",
-                     f"IJB TAR vs FAR: {datasets[d]}")
+                fars = sorted(
+                    {
+                        float(k.split("=", 1)[1])
+                        for r in records
+                        if r.protocol == p
+                        for k in r.metrics
+                        if k.startswith("tar@far=")
+                    }
+                )
+                keep(
+                    tar_far_figure(curves, datasets[d], fars),
+                    f"tar-far-ijb-{_SAFE.sub('_', d)}.png",
+                    f"IJB TAR vs FAR: {datasets[d]}",
+                )
     return made
 
 

@@ -34,58 +34,127 @@ from harness.results import CaseRecord, ResultStore
 from harness.suite import Suite, load_suite, resolve_suite, suites_dirs
 
 FIXTURES_MODULE = "tradeoff_bench_fixtures"  # the repository's fixtures/ folder, installed
-CASE_PROP = "harness_case"        # user_properties: {"model", "dataset", "protocol"}
+CASE_PROP = "harness_case"  # user_properties: {"model", "dataset", "protocol"}
 METRICS_PROP = "harness_metrics"  # user_properties: {metric: float}
 DETAILS_PROP = "harness_details"  # user_properties: {key: plain value}
 LOAD_PROP = "harness_model_load"  # user_properties: model id, on the case that loaded it
-_NO_CASES = "no-cases"            # the id of a benchmark function's stand-in when it has none
-STATS_PROP = "harness_stats"      # user_properties: {"n", "ci", "ci_method"} (harness.output)
+_NO_CASES = "no-cases"  # the id of a benchmark function's stand-in when it has none
+STATS_PROP = "harness_stats"  # user_properties: {"n", "ci", "ci_method"} (harness.output)
 
 __all__ = ["CaseSpec", "resolve_device", "HarnessSession"]  # from harness.cases, harness.devices
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     g = parser.getgroup("tradeoff-bench", "tradeoff-bench benchmark harness")
-    g.addoption("--suite", default="demo", metavar="NAME|PATH",
-                help="suite file; a bare name resolves to benchmarks/suites/NAME.toml (default: demo)")
-    g.addoption("--results-dir", default=None, metavar="DIR",
-                help="write DIR/results.json and DIR/report.md (default: results/<timestamp>)")
-    g.addoption("--feature-cache", default=None, metavar="DIR",
-                help="feature cache folder (default: $HARNESS_CACHE, else ~/.cache/tradeoff-bench)")
-    g.addoption("--refresh-features", action="store_true", default=False,
-                help="recompute cached features")
-    g.addoption("--lock-timeout", type=float, default=300.0, metavar="SECONDS",
-                help="give up waiting for another run's feature-cache lock after SECONDS without "
-                     "progress (default: 300)")
-    g.addoption("--device", default=None, metavar="cpu|cuda|cuda:N|mps",
-                help="device for the models (default: cuda, then mps, then cpu)")
-    g.addoption("--autocast", nargs="?", const="bf16", default=None, choices=("bf16", "fp16"),
-                metavar="bf16|fp16",
-                help="autocast on CUDA: bf16 (a bare --autocast), or fp16 as CLIP_benchmark's amp; "
-                     "CPU always runs fp32 (CPU autocast changes results). A bare --autocast "
-                     "goes after the paths (or write --autocast=bf16)")
-    g.addoption("--batch-size", type=int, default=None, metavar="N",
-                help="images per forward pass (default: 128 on CPU, 256 on GPU)")
-    g.addoption("--loader-workers", type=int, default=None, metavar="N",
-                help="DataLoader worker processes (default: automatic)")
-    g.addoption("--require-data", action="store_true", default=False,
-                help="fail, instead of skip, cases whose data or weights are absent")
-    g.addoption("--baseline", default=None, metavar="OLD/results.json",
-                help="compare against an earlier run's results (with --max-drop)")
-    g.addoption("--max-drop", type=float, default=None, metavar="POINTS",
-                help="fail cases that lost more than POINTS percentage points against --baseline")
-    g.addoption("--engine", default="inprocess", choices=("inprocess", "ray"),
-                help="where the feature stage runs: this process (default) or Ray Data "
-                     "(pip install 'tradeoff-bench[ray]')")
-    g.addoption("--ray-address", default=None, metavar="HOST:PORT",
-                help="--engine ray: join this Ray cluster (default: start or join a local Ray)")
-    g.addoption("--shard", default=None, metavar="I/N",
-                help="run a deterministic share I of N of the selected cases (grouped by model); "
-                     "join the shards' results with tradeoff-bench-merge")
-    g.addoption("--save-scores", action="store_true", default=False,
-                help="keep raw scores: DIR/scores/<protocol>/<model>--<dataset>.npz")
-    g.addoption("--ci", action="store_true", default=False,
-                help="show 95%% confidence intervals in the report's tables")
+    g.addoption(
+        "--suite",
+        default="demo",
+        metavar="NAME|PATH",
+        help="suite file; a bare name resolves to benchmarks/suites/NAME.toml (default: demo)",
+    )
+    g.addoption(
+        "--results-dir",
+        default=None,
+        metavar="DIR",
+        help="write DIR/results.json and DIR/report.md (default: results/<timestamp>)",
+    )
+    g.addoption(
+        "--feature-cache",
+        default=None,
+        metavar="DIR",
+        help="feature cache folder (default: $HARNESS_CACHE, else ~/.cache/tradeoff-bench)",
+    )
+    g.addoption("--refresh-features", action="store_true", default=False, help="recompute cached features")
+    g.addoption(
+        "--lock-timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="give up waiting for another run's feature-cache lock after SECONDS without "
+        "progress (default: 300)",
+    )
+    g.addoption(
+        "--device",
+        default=None,
+        metavar="cpu|cuda|cuda:N|mps",
+        help="device for the models (default: cuda, then mps, then cpu)",
+    )
+    g.addoption(
+        "--autocast",
+        nargs="?",
+        const="bf16",
+        default=None,
+        choices=("bf16", "fp16"),
+        metavar="bf16|fp16",
+        help="autocast on CUDA: bf16 (a bare --autocast), or fp16 as CLIP_benchmark's amp; "
+        "CPU always runs fp32 (CPU autocast changes results). A bare --autocast "
+        "goes after the paths (or write --autocast=bf16)",
+    )
+    g.addoption(
+        "--batch-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="images per forward pass (default: 128 on CPU, 256 on GPU)",
+    )
+    g.addoption(
+        "--loader-workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="DataLoader worker processes (default: automatic)",
+    )
+    g.addoption(
+        "--require-data",
+        action="store_true",
+        default=False,
+        help="fail, instead of skip, cases whose data or weights are absent",
+    )
+    g.addoption(
+        "--baseline",
+        default=None,
+        metavar="OLD/results.json",
+        help="compare against an earlier run's results (with --max-drop)",
+    )
+    g.addoption(
+        "--max-drop",
+        type=float,
+        default=None,
+        metavar="POINTS",
+        help="fail cases that lost more than POINTS percentage points against --baseline",
+    )
+    g.addoption(
+        "--engine",
+        default="inprocess",
+        choices=("inprocess", "ray"),
+        help="where the feature stage runs: this process (default) or Ray Data "
+        "(pip install 'tradeoff-bench[ray]')",
+    )
+    g.addoption(
+        "--ray-address",
+        default=None,
+        metavar="HOST:PORT",
+        help="--engine ray: join this Ray cluster (default: start or join a local Ray)",
+    )
+    g.addoption(
+        "--shard",
+        default=None,
+        metavar="I/N",
+        help="run a deterministic share I of N of the selected cases (grouped by model); "
+        "join the shards' results with tradeoff-bench-merge",
+    )
+    g.addoption(
+        "--save-scores",
+        action="store_true",
+        default=False,
+        help="keep raw scores: DIR/scores/<protocol>/<model>--<dataset>.npz",
+    )
+    g.addoption(
+        "--ci",
+        action="store_true",
+        default=False,
+        help="show 95%% confidence intervals in the report's tables",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -107,7 +176,7 @@ def pytest_configure(config: pytest.Config) -> None:
     harness_fixtures = importlib.import_module(FIXTURES_MODULE)
     config.pluginmanager.register(harness_fixtures, "tradeoff-bench-fixtures")
     if any(str(a).startswith("--suite") for a in config.invocation_params.args):
-        session.suite  # an explicitly chosen suite is validated up front: a usage error, exit 4
+        session.suite  # noqa: B018 - an explicitly chosen suite is validated up front (exit 4)
     session.configure_outputs()
 
 
@@ -127,8 +196,9 @@ def _check_scale_out(config: pytest.Config) -> None:
         from harness.ray_engine import RayUnavailable, check_address
 
         if importlib.util.find_spec("ray") is None:
-            raise RayUnavailable("--engine ray needs Ray: pip install 'tradeoff-bench[ray]' "
-                                 "(or pip install 'ray[data]')")
+            raise RayUnavailable(
+                "--engine ray needs Ray: pip install 'tradeoff-bench[ray]' (or pip install 'ray[data]')"
+            )
         if config.getoption("--ray-address"):
             check_address(config.getoption("--ray-address"))
     elif config.getoption("--ray-address"):
@@ -154,8 +224,7 @@ def _version(dist: str) -> str | None:
 
 def _git_commit(cwd: Path) -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
-                             text=True, timeout=5)
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -165,7 +234,7 @@ def _reason(report: pytest.TestReport) -> str:
     lr = report.longrepr
     if isinstance(lr, tuple) and len(lr) == 3:  # skip: (path, lineno, message)
         msg = str(lr[2])
-        return msg[len("Skipped: "):] if msg.startswith("Skipped: ") else msg
+        return msg[len("Skipped: ") :] if msg.startswith("Skipped: ") else msg
     crash = getattr(lr, "reprcrash", None)
     if crash is not None and getattr(crash, "message", None):
         return crash.message.strip()
@@ -237,8 +306,9 @@ class HarnessSession:
     def suite(self) -> Suite:
         if self._suite is None:
             try:
-                path = resolve_suite(self.config.getoption("--suite"),
-                                     suites_dirs(Path(self.config.rootpath)))
+                path = resolve_suite(
+                    self.config.getoption("--suite"), suites_dirs(Path(self.config.rootpath))
+                )
                 suite = load_suite(path, {"HARNESS_DEMO": str(self.demo_dir)})
                 validate_gates(suite)
             except HarnessError as e:
@@ -256,7 +326,8 @@ class HarnessSession:
                 if cid in seen and seen[cid] != (m, d):
                     raise pytest.UsageError(
                         f"{suite.path}: case id {cid!r} is ambiguous (model {seen[cid][0]!r} + "
-                        f"dataset {seen[cid][1]!r} vs model {m!r} + dataset {d!r}); rename one")
+                        f"dataset {seen[cid][1]!r} vs model {m!r} + dataset {d!r}); rename one"
+                    )
                 seen[cid] = (m, d)
 
     @property
@@ -264,8 +335,9 @@ class HarnessSession:
         """Every case of the suite by the last part of its node id, ``test_<protocol>[<id>]``:
         the xdist controller, which collects nothing itself, looks node ids up here."""
         if self._cases is None:
-            self._cases = {f"test_{p}[{CaseSpec(p, m, d).id}]": CaseSpec(p, m, d)
-                           for p, m, d in self.suite.cases()}
+            self._cases = {
+                f"test_{p}[{CaseSpec(p, m, d).id}]": CaseSpec(p, m, d) for p, m, d in self.suite.cases()
+            }
         return self._cases
 
     def case_of_nodeid(self, nodeid: str) -> CaseSpec | None:
@@ -277,15 +349,19 @@ class HarnessSession:
         if "harness_case" not in metafunc.fixturenames:
             return
         func = metafunc.function.__name__
-        protocol = func[len("test_"):]
+        protocol = func[len("test_") :]
         if protocol not in PROTOCOLS:
             raise pytest.UsageError(
                 f"{metafunc.definition.nodeid}: a harness benchmark must be named test_<protocol>, "
-                f"protocol one of {', '.join(PROTOCOLS)}")
+                f"protocol one of {', '.join(PROTOCOLS)}"
+            )
         group = PROTOCOLS[protocol].group
         marks = [getattr(pytest.mark, protocol), getattr(pytest.mark, group)]
-        params = [pytest.param(CaseSpec(p, m, d), id=CaseSpec(p, m, d).id, marks=marks)
-                  for p, m, d in self.suite.cases() if p == protocol]
+        params = [
+            pytest.param(CaseSpec(p, m, d), id=CaseSpec(p, m, d).id, marks=marks)
+            for p, m, d in self.suite.cases()
+            if p == protocol
+        ]
         if not params:  # deselected at collection (not "skipped: got empty parameter set")
             params = [pytest.param(None, id=_NO_CASES, marks=marks)]
         metafunc.parametrize("harness_case", params, indirect=True)
@@ -305,8 +381,7 @@ class HarnessSession:
 
             i_shard, n_shard = parse_shard(shard)
             mine = assign([s.key for it in items if (s := _case_of_item(it)) is not None], n_shard)
-            other = [it for it in items if (s := _case_of_item(it)) is not None
-                     and mine[s.key] != i_shard]
+            other = [it for it in items if (s := _case_of_item(it)) is not None and mine[s.key] != i_shard]
             if other:
                 keep = set(map(id, other))
                 items[:] = [it for it in items if id(it) not in keep]
@@ -320,8 +395,9 @@ class HarnessSession:
         cases = [(items[j], specs[j]) for j in ranked]
         for i, (it, spec) in zip(positions, cases):
             items[i] = it
-            it.user_properties.append((CASE_PROP, {"model": spec.model, "dataset": spec.dataset,
-                                                   "protocol": spec.protocol}))
+            it.user_properties.append(
+                (CASE_PROP, {"model": spec.model, "dataset": spec.dataset, "protocol": spec.protocol})
+            )
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_make_scheduler(self, config, log):
@@ -350,9 +426,14 @@ class HarnessSession:
                 **suite_meta(suite),
             }
             self.outputs = RunOutputs(
-                rd, run, {m.id: m.baseline for m in suite.models.values()}, baseline=self.baseline,
+                rd,
+                run,
+                {m.id: m.baseline for m in suite.models.values()},
+                baseline=self.baseline,
                 max_drop=self.config.getoption("--max-drop"),
-                save_scores=self.config.getoption("--save-scores"), show_ci=self.config.getoption("--ci"))
+                save_scores=self.config.getoption("--save-scores"),
+                show_ci=self.config.getoption("--ci"),
+            )
             self.store = self.outputs.store
         return self.store
 
@@ -366,16 +447,18 @@ class HarnessSession:
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         if not self.is_worker and not self._under_xdist():
-            self._add_pending([(it.nodeid, spec) for it in session.items
-                               if (spec := _case_of_item(it)) is not None])
+            self._add_pending(
+                [(it.nodeid, spec) for it in session.items if (spec := _case_of_item(it)) is not None]
+            )
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_node_collection_finished(self, node, ids) -> None:
         self._add_pending([(n, spec) for n in ids if (spec := self.case_of_nodeid(n)) is not None])
 
     def _under_xdist(self) -> bool:
-        return bool(getattr(self.config.option, "numprocesses", None)) or \
-            bool(getattr(self.config.option, "dist", "no") not in ("no", None))
+        return bool(getattr(self.config.option, "numprocesses", None)) or bool(
+            getattr(self.config.option, "dist", "no") not in ("no", None)
+        )
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if self.is_worker:
@@ -423,7 +506,8 @@ class HarnessSession:
         if self.store.run.get("device") == "auto" and "torch" in sys.modules:
             self.store.run["device"] = resolve_device(None)  # what the cases resolved too
         interrupted = int(exitstatus) == int(pytest.ExitCode.INTERRUPTED) or bool(
-            session.shouldstop or session.shouldfail)
+            session.shouldstop or session.shouldfail
+        )
         out = self.outputs.finish(interrupted=interrupted)
         self._report = out.report
         from harness.output import quiet_benchmark_table

@@ -20,7 +20,8 @@ from __future__ import annotations
 import os
 import socket
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -34,10 +35,11 @@ class RayUnavailable(HarnessError):
 def _import_ray():
     try:
         import ray
-        import ray.data  # noqa: F401
+        import ray.data
     except ImportError:
-        raise RayUnavailable("--engine ray needs Ray: pip install 'tradeoff-bench[ray]' "
-                             "(or pip install 'ray[data]')") from None
+        raise RayUnavailable(
+            "--engine ray needs Ray: pip install 'tradeoff-bench[ray]' (or pip install 'ray[data]')"
+        ) from None
     return ray
 
 
@@ -52,15 +54,17 @@ def check_address(address: str, timeout: float = 3.0) -> None:
     hostport = address.split("://", 1)[-1]
     host, _, port = hostport.rpartition(":")
     if not host or not port.isdigit():
-        raise RayUnavailable(f"--ray-address {address}: expected HOST:PORT (or ray://HOST:PORT, "
-                             "'auto', 'local')")
+        raise RayUnavailable(
+            f"--ray-address {address}: expected HOST:PORT (or ray://HOST:PORT, 'auto', 'local')"
+        )
     try:
         with socket.create_connection((host, int(port)), timeout=timeout):
             pass
     except (OSError, ValueError) as e:
-        raise RayUnavailable(f"--ray-address {address}: cannot reach the Ray head ({e}); start "
-                             "it with `ray start --head` or omit --ray-address for a local Ray"
-                             ) from None
+        raise RayUnavailable(
+            f"--ray-address {address}: cannot reach the Ray head ({e}); start "
+            "it with `ray start --head` or omit --ray-address for a local Ray"
+        ) from None
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None):
@@ -68,8 +72,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None):
     ray = _import_ray()
     if ray.is_initialized():
         return ray
-    kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
-                          "ignore_reinit_error": True}
+    kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "ignore_reinit_error": True}
     if address:
         check_address(address)
         kw["address"] = address
@@ -95,7 +98,7 @@ def _decode(batch: dict, split, pres) -> dict:
             xs = [t(img).numpy() for t in transforms]
         except DataError:
             raise
-        except Exception:  # noqa: BLE001 - an unreadable image, as in-process
+        except Exception:
             ok[r] = False
             xs = [np.zeros((3, p.size, p.size), dtype=np.float32) for p in pres]
         for c, x in zip(cols, xs):
@@ -138,27 +141,35 @@ class _Embed:
                 x = torch.from_numpy(np.require(batch[f"x{j}"], np.float32, ["C", "W"]))
                 if flip:
                     f = m.encode_image(torch.cat([x, x.flip(-1)], 0))
-                    f = f[: len(x)] + f[len(x):]
+                    f = f[: len(x)] + f[len(x) :]
                 else:
                     f = m.encode_image(x)
                 out[f"f{k}"] = f.cpu().numpy().astype(np.float32, copy=False)
         return out
 
 
-def extract_many_ray(specs: Sequence[Any], flips: Sequence[bool], pres: Sequence[Any], split, *,
-                     device: str = "cpu", autocast: bool = False, batch_size: int = 128,
-                     actors: int | None = None, gpus_per_actor: float | None = None,
-                     address: str | None = None,
-                     on_batch: Callable[[np.ndarray, list[np.ndarray], np.ndarray], None] | None = None,
-                     rows: np.ndarray | None = None) -> list:
+def extract_many_ray(
+    specs: Sequence[Any],
+    flips: Sequence[bool],
+    pres: Sequence[Any],
+    split,
+    *,
+    device: str = "cpu",
+    autocast: bool = False,
+    batch_size: int = 128,
+    actors: int | None = None,
+    gpus_per_actor: float | None = None,
+    address: str | None = None,
+    on_batch: Callable[[np.ndarray, list[np.ndarray], np.ndarray], None] | None = None,
+    rows: np.ndarray | None = None,
+) -> list:
     """Features of ``split`` for each (spec, flip), preprocessed with ``pres[k]``.
 
     ``pres[k]`` is the :class:`~harness.models.preprocess.Preprocess` of ``specs[k]`` (known to
     the driver from the model description cache, so that decoding needs no model).  ``rows``:
     only these image indices go through the pipeline (the others are resumed from the store by
     the caller and stay zero here)."""
-    from harness.features import Features
-    from harness.features import Need, _preprocess_groups
+    from harness.features import Features, Need, _preprocess_groups
 
     ray = ensure_ray(address)
     if not specs:
@@ -181,16 +192,23 @@ def extract_many_ray(specs: Sequence[Any], flips: Sequence[bool], pres: Sequence
     if m == 0:
         from harness.features import Features as _F
 
-        return [_F(np.zeros((n, 0), dtype=np.float32), split.labels, np.ones(n, dtype=bool), [],
-                   0.0, False) for _ in specs]
-    ds = ray.data.from_items([{"id": int(i)} for i in ids_todo],
-                             override_num_blocks=max(1, min(m, -(-m // batch_size))))
-    ds = ds.map_batches(_decode, fn_kwargs={"split": split, "pres": list(distinct)},
-                        batch_size=batch_size)
-    ds = ds.map_batches(_Embed, fn_constructor_args=(list(specs), index, list(flips), device,
-                                                     autocast),
-                        batch_size=batch_size, concurrency=actors, num_gpus=gpus_per_actor,
-                        max_restarts=2, max_task_retries=3)
+        return [
+            _F(np.zeros((n, 0), dtype=np.float32), split.labels, np.ones(n, dtype=bool), [], 0.0, False)
+            for _ in specs
+        ]
+    ds = ray.data.from_items(
+        [{"id": int(i)} for i in ids_todo], override_num_blocks=max(1, min(m, -(-m // batch_size)))
+    )
+    ds = ds.map_batches(_decode, fn_kwargs={"split": split, "pres": list(distinct)}, batch_size=batch_size)
+    ds = ds.map_batches(
+        _Embed,
+        fn_constructor_args=(list(specs), index, list(flips), device, autocast),
+        batch_size=batch_size,
+        concurrency=actors,
+        num_gpus=gpus_per_actor,
+        max_restarts=2,
+        max_task_retries=3,
+    )
     outs: list[np.ndarray | None] = [None] * len(specs)
     valid = np.ones(n, dtype=bool)
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
@@ -204,22 +222,38 @@ def extract_many_ray(specs: Sequence[Any], flips: Sequence[bool], pres: Sequence
         if on_batch is not None:
             on_batch(ids, feats, valid[ids])
     seconds = time.perf_counter() - t0
-    bad = [str(split.items[i]) if isinstance(split.items[i], (str, os.PathLike)) else f"#{i}"
-           for i in np.flatnonzero(~valid)]
+    bad = [
+        str(split.items[i]) if isinstance(split.items[i], (str, os.PathLike)) else f"#{i}"
+        for i in np.flatnonzero(~valid)
+    ]
     result = []
     for out in outs:
         x = np.zeros((0, 0), dtype=np.float32) if out is None else out
         x[~valid] = 0.0
-        result.append(Features(x, split.labels, valid.copy(), list(bad), seconds, False,
-                               loader={"engine": "ray", "actors": actors,
-                                       "distinct_preprocessing": len(distinct)}))
+        result.append(
+            Features(
+                x,
+                split.labels,
+                valid.copy(),
+                list(bad),
+                seconds,
+                False,
+                loader={"engine": "ray", "actors": actors, "distinct_preprocessing": len(distinct)},
+            )
+        )
     return result
 
 
-def extract_many_ray_needs(needs, split, batch_size: int = 128, num_workers: int | None = None,
-                           progress: bool = False, chunk_rows: int = 4096,
-                           on_write_error: Callable[[OSError], None] | None = None,
-                           address: str | None = None) -> list:
+def extract_many_ray_needs(
+    needs,
+    split,
+    batch_size: int = 128,
+    num_workers: int | None = None,
+    progress: bool = False,
+    chunk_rows: int = 4096,
+    on_write_error: Callable[[OSError], None] | None = None,
+    address: str | None = None,
+) -> list:
     """:func:`harness.features.extract_many`'s contract on Ray: resumes each need's committed
     chunks, sends only the rows some need lacks through the pipeline, and commits each chunk of
     each need to the store as soon as all its rows have streamed back."""
@@ -232,12 +266,12 @@ def extract_many_ray_needs(needs, split, batch_size: int = 128, num_workers: int
     valids = [np.ones(n, dtype=bool) for _ in range(K)]
     lacks = [np.ones(n, dtype=bool) for _ in range(K)]
     for k, w in enumerate(writers):
-        for c in (w.completed() if w is not None else []):
+        for c in w.completed() if w is not None else []:
             if outs[k] is None:
                 outs[k] = np.zeros((n, c.x.shape[1]), dtype=np.float32)
-            outs[k][c.start:c.stop] = c.x  # type: ignore[index]
-            valids[k][c.start:c.stop] = c.valid
-            lacks[k][c.start:c.stop] = False
+            outs[k][c.start : c.stop] = c.x  # type: ignore[index]
+            valids[k][c.start : c.stop] = c.valid
+            lacks[k][c.start : c.stop] = False
     rows_per_chunk = max(batch_size, (max(chunk_rows, 1) // batch_size) * batch_size)
     todo = np.flatnonzero(np.any(np.stack(lacks), axis=0)) if K else np.zeros(0, np.int64)
     chunks = _chunk_plan(_missing_ranges(n, []), rows_per_chunk)
@@ -280,9 +314,18 @@ def extract_many_ray_needs(needs, split, batch_size: int = 128, num_workers: int
     flips = [nd.flip for nd in needs]
     pres = [nd.model.preprocess for nd in needs]
     model0 = needs[0].model
-    got = extract_many_ray(specs, flips, pres, split, device=str(model0.device),
-                           autocast=getattr(model0, "autocast", None), batch_size=batch_size,
-                           address=address, on_batch=on_batch, rows=todo)
+    got = extract_many_ray(
+        specs,
+        flips,
+        pres,
+        split,
+        device=str(model0.device),
+        autocast=getattr(model0, "autocast", None),
+        batch_size=batch_size,
+        address=address,
+        on_batch=on_batch,
+        rows=todo,
+    )
     seconds = got[0].seconds if got else 0.0
     result = []
     for k in range(K):
@@ -296,7 +339,19 @@ def extract_many_ray_needs(needs, split, batch_size: int = 128, num_workers: int
             except OSError as err:
                 if on_write_error is not None:
                     on_write_error(err)
-        result.append(Features(out, split.labels, valid, bad, seconds, False,
-                               loader={"engine": "ray", "decoded_rows": int(len(todo)),
-                                       "resumed_rows": int(n - np.count_nonzero(lacks[k]))}))
+        result.append(
+            Features(
+                out,
+                split.labels,
+                valid,
+                bad,
+                seconds,
+                False,
+                loader={
+                    "engine": "ray",
+                    "decoded_rows": int(len(todo)),
+                    "resumed_rows": int(n - np.count_nonzero(lacks[k])),
+                },
+            )
+        )
     return result

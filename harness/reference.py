@@ -36,8 +36,10 @@ from typing import Any
 
 from harness.errors import HarnessError
 
-SOURCE = ("arXiv 2509.14921 (IJCB 2025), 'Trade-offs in Cross-Domain Generalization of Foundation "
-          "Model Fine-Tuned for Biometric Applications': published tables")
+SOURCE = (
+    "arXiv 2509.14921 (IJCB 2025), 'Trade-offs in Cross-Domain Generalization of Foundation "
+    "Model Fine-Tuned for Biometric Applications': published tables"
+)
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_SUITE = REPO / "benchmarks" / "suites" / "paper.toml"
 DEFAULT_OUT = REPO / "benchmarks" / "suites" / "paper.reference.json"
@@ -57,7 +59,7 @@ def model_id(approach: str, arch: str) -> str:
 
 def mad_metric(column: str) -> str:
     """``"MAD EER"`` -> ``eer``; ``"MAD APCER@BPCER=1"`` -> ``apcer@bpcer=0.01``."""
-    name = column[len(MAD_PREFIX):].lower()
+    name = column[len(MAD_PREFIX) :].lower()
     if "=" not in name:
         return name
     head, pct = name.split("=")
@@ -76,14 +78,12 @@ def read_cells(path: str | Path) -> list[dict[str, Any]]:
         rows = (r for r in csv.reader(f) if r and not r[0].startswith("#"))
         for i, r in enumerate(rows):
             if len(r) != 5:
-                raise HarnessError(f"{p}: row {i + 1}: expected table,approach,arch,column,value, "
-                                   f"got {r!r}")
+                raise HarnessError(f"{p}: row {i + 1}: expected table,approach,arch,column,value, got {r!r}")
             try:
                 value = float(r[4])
             except ValueError:
                 raise HarnessError(f"{p}: row {i + 1}: value {r[4]!r} is not a number") from None
-            out.append({"table": r[0], "approach": r[1], "arch": r[2], "column": r[3],
-                        "value": value})
+            out.append({"table": r[0], "approach": r[1], "arch": r[2], "column": r[3], "value": value})
     return out
 
 
@@ -101,8 +101,7 @@ def suite_ids(path: str | Path) -> tuple[set[str], dict[str, list[str]], set[tup
     return set(suite.models), labels, set(suite.cases())
 
 
-def build(csv_path: str | Path = DEFAULT_CSV, suite_path: str | Path = DEFAULT_SUITE
-          ) -> dict[str, Any]:
+def build(csv_path: str | Path = DEFAULT_CSV, suite_path: str | Path = DEFAULT_SUITE) -> dict[str, Any]:
     """The reference results document (see the module docstring)."""
     models, labels, suite_cases = suite_ids(suite_path)
     cases: dict[tuple[str, str, str], dict[str, Any]] = {}
@@ -115,8 +114,10 @@ def build(csv_path: str | Path = DEFAULT_CSV, suite_path: str | Path = DEFAULT_S
         for ds in labels[label]:
             if (proto, model, ds) in suite_cases:
                 return ds
-        raise HarnessError(f"{suite_path}: no dataset labelled {label!r} has a {proto!r} case for "
-                           f"model {model!r} (needed by {where})")
+        raise HarnessError(
+            f"{suite_path}: no dataset labelled {label!r} has a {proto!r} case for "
+            f"model {model!r} (needed by {where})"
+        )
 
     for c in read_cells(csv_path):
         where = f"{c['table']},{c['approach']},{c['arch']},{c['column']}"
@@ -149,19 +150,42 @@ def build(csv_path: str | Path = DEFAULT_CSV, suite_path: str | Path = DEFAULT_S
             continue
         else:
             raise HarnessError(f"{csv_path}: cannot place cell {where}")
-        case = cases.setdefault((model, ds, proto), {
-            "model": model, "dataset": ds, "protocol": proto, "status": "passed",
-            "metrics": {}, "source": {"table": table, "columns": {}}})
+        case = cases.setdefault(
+            (model, ds, proto),
+            {
+                "model": model,
+                "dataset": ds,
+                "protocol": proto,
+                "status": "passed",
+                "metrics": {},
+                "source": {"table": table, "columns": {}},
+            },
+        )
         case["metrics"][metric] = fraction(c["value"])
         case["source"]["columns"][metric] = col
-    paper["mad_note"] = ("averaged over FaceMorpher, MIPGAN-I, MIPGAN-II, OpenCV, WebMorph (MAD22) "
-                         "and MorDIFF; the suite scores MAD22 and MorDIFF as two datasets")
-    paper["ijb_note"] = (f"IJB-B/IJB-C: the study's FAR is not stated on the available pages; "
-                         f"placed under {IJB_METRIC}")
-    return {"run": {"suite": "paper", "reference": True, "source": SOURCE, "started": None,
-                    "harness": None, "torch": None, "open_clip": None, "device": None,
-                    "git_commit": None},
-            "cases": list(cases.values()), "gelo": gelo, "paper": paper}
+    paper["mad_note"] = (
+        "averaged over FaceMorpher, MIPGAN-I, MIPGAN-II, OpenCV, WebMorph (MAD22) "
+        "and MorDIFF; the suite scores MAD22 and MorDIFF as two datasets"
+    )
+    paper["ijb_note"] = (
+        f"IJB-B/IJB-C: the study's FAR is not stated on the available pages; placed under {IJB_METRIC}"
+    )
+    return {
+        "run": {
+            "suite": "paper",
+            "reference": True,
+            "source": SOURCE,
+            "started": None,
+            "harness": None,
+            "torch": None,
+            "open_clip": None,
+            "device": None,
+            "git_commit": None,
+        },
+        "cases": list(cases.values()),
+        "gelo": gelo,
+        "paper": paper,
+    }
 
 
 def render(doc: dict[str, Any]) -> str:

@@ -26,13 +26,17 @@ MARKS = {
     "not run": "·",
     "n/r": "n/r",
 }
-LEGEND = ("✗ failed (the measured value is shown beside it), E error, s skipped, · not run, "
-          "n/r operating point not resolvable by the data (FAR target < 1 / impostor pairs), "
-          "blank: the suite does not pair this model with this dataset")
+LEGEND = (
+    "✗ failed (the measured value is shown beside it), E error, s skipped, · not run, "
+    "n/r operating point not resolvable by the data (FAR target < 1 / impostor pairs), "
+    "blank: the suite does not pair this model with this dataset"
+)
 WARNINGS_SHOWN = 20
-DEMO_NOTE = ("**This is the embedded demo.** Its models are tiny (a small CLIP trained in "
-             "seconds on scikit-learn's digits, and LoRA variants of it) and its data are "
-             "synthetic: the numbers exercise the harness, they say nothing about real models.")
+DEMO_NOTE = (
+    "**This is the embedded demo.** Its models are tiny (a small CLIP trained in "
+    "seconds on scikit-learn's digits, and LoRA variants of it) and its data are "
+    "synthetic: the numbers exercise the harness, they say nothing about real models."
+)
 
 
 @dataclass
@@ -40,13 +44,14 @@ class ReportOptions:
     show_ci: bool = False
     baseline: RunData | None = None
     max_drop: float | None = None
-    plots: list[tuple[str, str]] = field(default_factory=list)   # (title, relative path)
+    plots: list[tuple[str, str]] = field(default_factory=list)  # (title, relative path)
     interrupted: bool = False
     write_error: str | None = None
     title: str | None = None
 
 
 # ------------------------------------------------------------------------------ helpers
+
 
 def _pct(v: float | None, digits: int = 2) -> str:
     return "–" if v is None or not math.isfinite(v) else f"{100 * v:.{digits}f}"
@@ -74,8 +79,9 @@ def _caption(text: str) -> str:
     return f"_{text}_"
 
 
-def labels(run: dict[str, Any], records: Iterable[CaseRecord]
-           ) -> tuple[dict[str, str], dict[str, str], dict[str, str | None]]:
+def labels(
+    run: dict[str, Any], records: Iterable[CaseRecord]
+) -> tuple[dict[str, str], dict[str, str], dict[str, str | None]]:
     """(model id -> label, dataset id -> label, model id -> base model) in suite order;
     ids seen only in the records follow, in record order."""
     models: dict[str, str] = {}
@@ -144,9 +150,15 @@ def _avg_rule(rows: dict[str, dict[str, float]], ds: list[str]) -> tuple[str, li
     return "Avg (own)", None
 
 
-def protocol_table(records: list[CaseRecord], protocol: str, models: dict[str, str],
-                   datasets: dict[str, str], baselines: dict[str, str | None],
-                   metric: str | None = None, show_ci: bool = False) -> str | None:
+def protocol_table(
+    records: list[CaseRecord],
+    protocol: str,
+    models: dict[str, str],
+    datasets: dict[str, str],
+    baselines: dict[str, str | None],
+    metric: str | None = None,
+    show_ci: bool = False,
+) -> str | None:
     """Models x datasets in percent with Avg, and GELO (general-vision protocols) or the change
     against the base model in points (biometric); the best passed value per column in bold;
     failed, skipped, error, not run and n/r cells marked (see :data:`MARKS`)."""
@@ -236,37 +248,55 @@ def _values_of(records: list[CaseRecord], key: str) -> list[str]:
     return list(seen)
 
 
-def protocol_caption(records: list[CaseRecord], protocol: str, metric: str, avg_head: str,
-                     show_ci: bool = False) -> str:
+def protocol_caption(
+    records: list[CaseRecord], protocol: str, metric: str, avg_head: str, show_ci: bool = False
+) -> str:
     arrow = "↓ lower is better" if lower_is_better(metric) else "↑ higher is better"
     parts = [f"{metric} in %, {arrow}."]
     if avg_head == "Avg":
         parts.append("Avg: mean over the datasets shown (every row has all of them).")
     elif avg_head.startswith("Avg ("):
-        parts.append(f"{avg_head}: mean over the datasets every row has; "
-                     "'own': each row over its own datasets, their count in brackets.")
+        parts.append(
+            f"{avg_head}: mean over the datasets every row has; "
+            "'own': each row over its own datasets, their count in brackets."
+        )
     if is_general(protocol):
-        parts.append("GELO: the model's mean over the datasets it shares with its base model "
-                     "divided by the base model's mean over the same (1.000 = no loss of "
-                     "general ability).")
+        parts.append(
+            "GELO: the model's mean over the datasets it shares with its base model "
+            "divided by the base model's mean over the same (1.000 = no loss of "
+            "general ability)."
+        )
     else:
-        parts.append("Δ vs base: the model's mean minus its base model's mean over the datasets "
-                     "both have, in percentage points (GELO is defined for general-vision "
-                     "protocols only).")
+        parts.append(
+            "Δ vs base: the model's mean minus its base model's mean over the datasets "
+            "both have, in percentage points (GELO is defined for general-vision "
+            "protocols only)."
+        )
     parts.append("**Bold**: best passed value per column.")
     if show_ci:
         parts.append("[a, b]: 95 % confidence interval (method below).")
     if "metric_rule" in PROTOCOLS[protocol].options:  # the attack protocols
         src = _values_of([r for r in records if r.protocol == protocol], "threshold_source")
         rule = _values_of([r for r in records if r.protocol == protocol], "metric_rule")
-        parts.append("Threshold: " + (", ".join(src) if src else "not recorded") + "; metric rule: "
-                     + (", ".join(rule) if rule else "iso (default)") + ".")
+        parts.append(
+            "Threshold: "
+            + (", ".join(src) if src else "not recorded")
+            + "; metric rule: "
+            + (", ".join(rule) if rule else "iso (default)")
+            + "."
+        )
     parts.append("Marks: " + LEGEND + ".")
     return " ".join(parts)
 
 
-def detail_table(records: list[CaseRecord], protocol: str, dataset: str, models: dict[str, str],
-                 metrics: list[str] | None = None, show_ci: bool = False) -> str | None:
+def detail_table(
+    records: list[CaseRecord],
+    protocol: str,
+    dataset: str,
+    models: dict[str, str],
+    metrics: list[str] | None = None,
+    show_ci: bool = False,
+) -> str | None:
     """Models x metrics of one biometric dataset, in percent, with arrows (every status shown)."""
     recs = {r.model: r for r in records if r.protocol == protocol and r.dataset == dataset}
     if not any(r.metrics for r in recs.values()):
@@ -288,44 +318,68 @@ def detail_table(records: list[CaseRecord], protocol: str, dataset: str, models:
             c = Cells([r], protocol, k)
             best = _best(recs.values(), k)
             v = c.value(r.model, dataset, measured=False)
-            row.append(c.text(r.model, dataset, show_ci, bold=v is not None and best is not None
-                              and math.isclose(v, best, abs_tol=1e-12)))
+            row.append(
+                c.text(
+                    r.model,
+                    dataset,
+                    show_ci,
+                    bold=v is not None and best is not None and math.isclose(v, best, abs_tol=1e-12),
+                )
+            )
         rows.append(row)
     headers = ["Model"] + [f"{_esc(k)} {_arrow(k)}" for k in metrics]
     return _table(headers, rows)
 
 
 def _best(recs: Iterable[CaseRecord], metric: str) -> float | None:
-    vals = [r.metrics[metric] for r in recs
-            if r.status == "passed" and metric in r.metrics and resolvable(r, metric)]
+    vals = [
+        r.metrics[metric]
+        for r in recs
+        if r.status == "passed" and metric in r.metrics and resolvable(r, metric)
+    ]
     if not vals:
         return None
     return min(vals) if lower_is_better(metric) else max(vals)
 
 
-MAD_COLUMNS = ("eer", "apcer@bpcer=0.01", "apcer@bpcer=0.1", "apcer@bpcer=0.2",
-               "bpcer@apcer=0.01", "bpcer@apcer=0.1", "bpcer@apcer=0.2")
+MAD_COLUMNS = (
+    "eer",
+    "apcer@bpcer=0.01",
+    "apcer@bpcer=0.1",
+    "apcer@bpcer=0.2",
+    "bpcer@apcer=0.01",
+    "bpcer@apcer=0.1",
+    "bpcer@apcer=0.2",
+)
 
 
-def method_table(records: list[CaseRecord], protocol: str, dataset: str, models: dict[str, str],
-                 metrics: tuple[str, ...] = MAD_COLUMNS) -> str | None:
+def method_table(
+    records: list[CaseRecord],
+    protocol: str,
+    dataset: str,
+    models: dict[str, str],
+    metrics: tuple[str, ...] = MAD_COLUMNS,
+) -> str | None:
     """Per attack method (``metric[method]`` keys) and their average, per model: the study's
     MAD table (EER, APCER@BPCER 1/10/20 %, BPCER@APCER 1/10/20 %)."""
-    by_model = {r.model: r for r in records if r.protocol == protocol and r.dataset == dataset
-                and r.status in ("passed", "failed")}
+    by_model = {
+        r.model: r
+        for r in records
+        if r.protocol == protocol and r.dataset == dataset and r.status in ("passed", "failed")
+    }
     rows = []
     for m, label in models.items():
         rec = by_model.get(m)
         if rec is None:
             continue
-        methods = sorted({k.split("[", 1)[1][:-1] for k in rec.metrics
-                          if "[" in k and k.split("[", 1)[0] == metrics[0]})
+        methods = sorted(
+            {k.split("[", 1)[1][:-1] for k in rec.metrics if "[" in k and k.split("[", 1)[0] == metrics[0]}
+        )
         if not methods:
             continue
         mark = " " + MARKS["failed"] if rec.status == "failed" else ""
         for meth in methods:
-            rows.append([_esc(label), _esc(meth)]
-                        + [_pct(rec.metrics.get(f"{k}[{meth}]")) for k in metrics])
+            rows.append([_esc(label), _esc(meth)] + [_pct(rec.metrics.get(f"{k}[{meth}]")) for k in metrics])
         rows.append([_esc(label) + mark, "average"] + [_pct(rec.metrics.get(k)) for k in metrics])
     if not rows:
         return None
@@ -335,8 +389,10 @@ def method_table(records: list[CaseRecord], protocol: str, dataset: str, models:
 
 # ------------------------------------------------------------------------ summary table
 
-def summary_table(records: list[CaseRecord], models: dict[str, str],
-                  baselines: dict[str, str | None]) -> str | None:
+
+def summary_table(
+    records: list[CaseRecord], models: dict[str, str], baselines: dict[str, str | None]
+) -> str | None:
     """One row per fine-tuned model (a model with a base model): the change of each biometric
     protocol's headline metric against its base (points; in-domain and cross-task), and the
     zero-shot and linear-probe GELO."""
@@ -357,9 +413,11 @@ def summary_table(records: list[CaseRecord], models: dict[str, str],
             g = gelo(mats[p], m, str(base))
             row.append("–" if g is None else f"{g:.3f}")
         rows.append(row)
-    headers = (["Model", "Base"]
-               + [f"{p} Δ {headline(p)} {_arrow(headline(p))} (pts)" for p in bio]
-               + [f"{p} GELO ↑" for p in gen])
+    headers = (
+        ["Model", "Base"]
+        + [f"{p} Δ {headline(p)} {_arrow(headline(p))} (pts)" for p in bio]
+        + [f"{p} GELO ↑" for p in gen]
+    )
     return _table(headers, rows)
 
 
@@ -369,18 +427,26 @@ def _passed_matrix(records: list[CaseRecord], protocol: str) -> dict[str, dict[s
     return matrix(records, protocol)
 
 
-SUMMARY_CAPTION = ("One row per fine-tuned model. Δ columns: the change of the protocol's headline "
-                   "metric against the base model, in percentage points, over the datasets both "
-                   "have (in-domain for the task the model was tuned for, cross-task for the "
-                   "others; the arrow says which direction is better: a negative Δ on a ↓ metric "
-                   "is a gain). GELO: general-vision mean relative to the base model (1.000 = no "
-                   "loss). – : no passed case to compare. Passed cases only.")
+SUMMARY_CAPTION = (
+    "One row per fine-tuned model. Δ columns: the change of the protocol's headline "
+    "metric against the base model, in percentage points, over the datasets both "
+    "have (in-domain for the task the model was tuned for, cross-task for the "
+    "others; the arrow says which direction is better: a negative Δ on a ↓ metric "
+    "is a gain). GELO: general-vision mean relative to the base model (1.000 = no "
+    "loss). – : no passed case to compare. Passed cases only."
+)
 
 
 # --------------------------------------------------------------------- baseline compare
 
-def comparison_table(records: list[CaseRecord], base: RunData, models: dict[str, str],
-                     datasets: dict[str, str], max_drop: float | None) -> str | None:
+
+def comparison_table(
+    records: list[CaseRecord],
+    base: RunData,
+    models: dict[str, str],
+    datasets: dict[str, str],
+    max_drop: float | None,
+) -> str | None:
     """Each case's headline metric (and any other metric both have that moved outside
     ``max_drop``) against the baseline or paper file."""
     old = base.by_key()
@@ -406,17 +472,28 @@ def comparison_table(records: list[CaseRecord], base: RunData, models: dict[str,
                 continue
             if not resolvable(r, k):
                 continue
-            name = (f"{_esc(r.protocol)}[{_esc(models.get(r.model, r.model))}-"
-                    f"{_esc(datasets.get(r.dataset, r.dataset))}]")
-            rows.append([name,
-                         f"{_esc(k)} {_arrow(k)}", _pct(was), _pct(now), _pts(change), verdict])
+            name = (
+                f"{_esc(r.protocol)}[{_esc(models.get(r.model, r.model))}-"
+                f"{_esc(datasets.get(r.dataset, r.dataset))}]"
+            )
+            rows.append([name, f"{_esc(k)} {_arrow(k)}", _pct(was), _pct(now), _pts(change), verdict])
     if not rows:
         return None
-    return _table(["Case", "Metric", word, "now", "Δ (pts)",
-                   "loss vs --max-drop" if max_drop is not None else "(no --max-drop)"], rows)
+    return _table(
+        [
+            "Case",
+            "Metric",
+            word,
+            "now",
+            "Δ (pts)",
+            "loss vs --max-drop" if max_drop is not None else "(no --max-drop)",
+        ],
+        rows,
+    )
 
 
 # ----------------------------------------------------------------------------- report
+
 
 def _sizes_table(records: list[CaseRecord], datasets: dict[str, str]) -> str | None:
     protos: dict[str, set[str]] = {}
@@ -425,16 +502,23 @@ def _sizes_table(records: list[CaseRecord], datasets: dict[str, str]) -> str | N
         protos.setdefault(r.dataset, set()).add(r.protocol)
         if r.n and r.dataset not in first_n:
             first_n[r.dataset] = r.n
-    rows = [[_esc(datasets[d]), ", ".join(sorted(protos[d])),
-             ", ".join(f"{v:,} {k.replace('_', ' ')}" for k, v in first_n[d].items())]
-            for d in datasets if d in first_n]
+    rows = [
+        [
+            _esc(datasets[d]),
+            ", ".join(sorted(protos[d])),
+            ", ".join(f"{v:,} {k.replace('_', ' ')}" for k, v in first_n[d].items()),
+        ]
+        for d in datasets
+        if d in first_n
+    ]
     if not rows:
         return None
     return _table(["Dataset", "Protocols", "Test set (n)"], rows)
 
 
-def render_run(data: RunData | None, records: list[CaseRecord], run: dict[str, Any],
-               opts: ReportOptions | None = None) -> str:
+def render_run(
+    data: RunData | None, records: list[CaseRecord], run: dict[str, Any], opts: ReportOptions | None = None
+) -> str:
     """The report of one run (or of several merged) from results.json content."""
     opts = opts or ReportOptions()
     models, datasets, baselines = labels(run, records)
@@ -446,8 +530,11 @@ def render_run(data: RunData | None, records: list[CaseRecord], run: dict[str, A
         parts += [_esc(desc), ""]
     if run.get("demo"):
         parts += [DEMO_NOTE, ""]
-    meta = [f"{k}: {run[k]}" for k in ("suite", "started", "device", "torch", "open_clip",
-                                        "harness", "git_commit") if run.get(k)]
+    meta = [
+        f"{k}: {run[k]}"
+        for k in ("suite", "started", "device", "torch", "open_clip", "harness", "git_commit")
+        if run.get(k)
+    ]
     if meta:
         parts += [", ".join(meta), ""]
     if opts.interrupted or run.get("interrupted"):
@@ -463,9 +550,11 @@ def render_run(data: RunData | None, records: list[CaseRecord], run: dict[str, A
         word = "paper" if opts.baseline.is_paper else "baseline"
         parts += [f"## Against the {word} ({_esc(opts.baseline.path.name)})", ""]
         parts += [ct if ct else f"_no case in common with the {word} file_", ""]
-        cap = (f"{word}: the number in {_esc(str(opts.baseline.path))}; now: this run; Δ = now − "
-               f"{word} in percentage points; headline metric of each case, plus any metric "
-               "outside --max-drop.")
+        cap = (
+            f"{word}: the number in {_esc(str(opts.baseline.path))}; now: this run; Δ = now − "
+            f"{word} in percentage points; headline metric of each case, plus any metric "
+            "outside --max-drop."
+        )
         if opts.baseline.is_paper:
             cap += " Paper numbers are published values, not measured by this harness."
         parts += [_caption(cap), ""]
@@ -504,8 +593,13 @@ def render_run(data: RunData | None, records: list[CaseRecord], run: dict[str, A
                     if "metric_rule" in PROTOCOLS[p].options:
                         src = _values_of(sub, "threshold_source")
                         rule = _values_of(sub, "metric_rule")
-                        cap += (" Threshold: " + (", ".join(src) or "not recorded") + "; metric rule: "
-                                + (", ".join(rule) or "iso (default)") + ".")
+                        cap += (
+                            " Threshold: "
+                            + (", ".join(src) or "not recorded")
+                            + "; metric rule: "
+                            + (", ".join(rule) or "iso (default)")
+                            + "."
+                        )
                     meth = next((r.ci_method for r in sub if r.ci_method), None)
                     if meth and opts.show_ci:
                         cap += " Intervals: " + methods_text(meth) + "."
@@ -529,15 +623,25 @@ def render_run(data: RunData | None, records: list[CaseRecord], run: dict[str, A
     return "\n".join(parts).rstrip() + "\n"
 
 
-def canonical_order(records: Iterable[CaseRecord], models: dict[str, str],
-                    datasets: dict[str, str]) -> list[CaseRecord]:
+def canonical_order(
+    records: Iterable[CaseRecord], models: dict[str, str], datasets: dict[str, str]
+) -> list[CaseRecord]:
     """Records in suite order (model, dataset, protocol): the same text whatever order the
     cases finished in, or the files they were merged from."""
     om = {m: i for i, m in enumerate(models)}
     od = {d: i for i, d in enumerate(datasets)}
     op = {p: i for i, p in enumerate(PROTOCOLS)}
-    return sorted(records, key=lambda r: (om.get(r.model, len(om)), r.model, od.get(r.dataset, len(od)),
-                                          r.dataset, op.get(r.protocol, len(op)), r.protocol))
+    return sorted(
+        records,
+        key=lambda r: (
+            om.get(r.model, len(om)),
+            r.model,
+            od.get(r.dataset, len(od)),
+            r.dataset,
+            op.get(r.protocol, len(op)),
+            r.protocol,
+        ),
+    )
 
 
 def _case_name(r: CaseRecord) -> str:
@@ -553,8 +657,11 @@ def _status_section(records, models, datasets) -> list[str]:
     if problems:
         out += ["", "| case | status | reason |", "|---|---|---|"]
         for r in problems:
-            reason = _esc((r.reason or "").splitlines()[0] if r.reason else
-                          ("did not run" if r.status == "not run" else ""))
+            reason = _esc(
+                (r.reason or "").splitlines()[0]
+                if r.reason
+                else ("did not run" if r.status == "not run" else "")
+            )
             out.append(f"| {_case_name(r)} | {r.status} | {reason} |")
     out.append("")
     return out
@@ -586,9 +693,15 @@ def _warnings_section(records, run) -> list[str]:
     return out
 
 
-def render_report(records: list[CaseRecord], models: dict[str, str], datasets: dict[str, str],
-                  baselines: dict[str, str | None], title: str = "Trade-off report",
-                  run: dict[str, Any] | None = None, **opts: Any) -> str:
+def render_report(
+    records: list[CaseRecord],
+    models: dict[str, str],
+    datasets: dict[str, str],
+    baselines: dict[str, str | None],
+    title: str = "Trade-off report",
+    run: dict[str, Any] | None = None,
+    **opts: Any,
+) -> str:
     """Compatibility wrapper: the report from explicit display names."""
     run = dict(run or {})
     run["models"] = {m: {"label": lab, "baseline": baselines.get(m)} for m, lab in models.items()}

@@ -53,9 +53,14 @@ class CaseRecord:
         return (self.protocol, self.model, self.dataset)
 
     def to_json(self) -> dict:
-        d: dict[str, Any] = {"model": self.model, "dataset": self.dataset, "protocol": self.protocol,
-                             "status": self.status, "seconds": self.seconds,
-                             "metrics": dict(self.metrics)}
+        d: dict[str, Any] = {
+            "model": self.model,
+            "dataset": self.dataset,
+            "protocol": self.protocol,
+            "status": self.status,
+            "seconds": self.seconds,
+            "metrics": dict(self.metrics),
+        }
         if self.reason is not None:
             d["reason"] = self.reason
         for k in ("details", "n", "ci", "ci_method"):
@@ -67,25 +72,35 @@ class CaseRecord:
 
     @classmethod
     def from_json(cls, c: dict) -> CaseRecord:
-        return cls(model=str(c["model"]), dataset=str(c["dataset"]), protocol=str(c["protocol"]),
-                   status=str(c.get("status", "passed")), seconds=float(c.get("seconds") or 0.0),
-                   metrics={str(k): float(v) for k, v in (c.get("metrics") or {}).items()
-                            if v is not None},
-                   reason=c.get("reason"), details=dict(c.get("details") or {}),
-                   nodeid=c.get("nodeid"),
-                   n={str(k): int(v) for k, v in (c.get("n") or {}).items() if v is not None},
-                   ci={str(k): [float(v[0]), float(v[1])] for k, v in (c.get("ci") or {}).items()
-                       if isinstance(v, (list, tuple)) and len(v) == 2 and None not in v},
-                   ci_method={str(k): str(v) for k, v in (c.get("ci_method") or {}).items()})
+        return cls(
+            model=str(c["model"]),
+            dataset=str(c["dataset"]),
+            protocol=str(c["protocol"]),
+            status=str(c.get("status", "passed")),
+            seconds=float(c.get("seconds") or 0.0),
+            metrics={str(k): float(v) for k, v in (c.get("metrics") or {}).items() if v is not None},
+            reason=c.get("reason"),
+            details=dict(c.get("details") or {}),
+            nodeid=c.get("nodeid"),
+            n={str(k): int(v) for k, v in (c.get("n") or {}).items() if v is not None},
+            ci={
+                str(k): [float(v[0]), float(v[1])]
+                for k, v in (c.get("ci") or {}).items()
+                if isinstance(v, (list, tuple)) and len(v) == 2 and None not in v
+            },
+            ci_method={str(k): str(v) for k, v in (c.get("ci_method") or {}).items()},
+        )
 
 
 def write_text_atomic(path: Path, text: str) -> None:
     def write(f: Any) -> None:
         f.write(text)
+
     atomic_write(path, write)
 
 
 # ------------------------------------------------------------------------- matrix + GELO
+
 
 def headline(protocol: str) -> str:
     info = PROTOCOLS.get(protocol)
@@ -105,15 +120,18 @@ def resolvable(rec: CaseRecord, metric: str) -> bool:
     return not (isinstance(d, dict) and d.get("resolvable") is False)
 
 
-def matrix(records: Iterable[CaseRecord], protocol: str, metric: str | None = None,
-           statuses: tuple[str, ...] = ("passed",)) -> dict[str, dict[str, float]]:
+def matrix(
+    records: Iterable[CaseRecord],
+    protocol: str,
+    metric: str | None = None,
+    statuses: tuple[str, ...] = ("passed",),
+) -> dict[str, dict[str, float]]:
     """{model: {dataset: value}} of one metric over the cases of one protocol whose status is
     in ``statuses`` (default: passed) and whose operating point is resolvable."""
     metric = metric or headline(protocol)
     out: dict[str, dict[str, float]] = {}
     for r in records:
-        if (r.protocol == protocol and r.status in statuses and metric in r.metrics
-                and resolvable(r, metric)):
+        if r.protocol == protocol and r.status in statuses and metric in r.metrics and resolvable(r, metric):
             out.setdefault(r.model, {})[r.dataset] = float(r.metrics[metric])
     return out
 
@@ -141,8 +159,7 @@ def gelo(mat: dict[str, dict[str, float]], model: str, baseline: str) -> float |
     return ma / mb
 
 
-def gelo_table(records: list[CaseRecord], baselines: dict[str, str | None]
-               ) -> dict[str, dict[str, float]]:
+def gelo_table(records: list[CaseRecord], baselines: dict[str, str | None]) -> dict[str, dict[str, float]]:
     """{protocol: {model: GELO}} for the general-vision protocols (zero-shot, linear probe):
     GELO measures kept general ability; biometric protocols get a change in points instead."""
     out: dict[str, dict[str, float]] = {}
@@ -161,6 +178,7 @@ def gelo_table(records: list[CaseRecord], baselines: dict[str, str | None]
 
 # -------------------------------------------------------------------------------- store
 
+
 class ResultStore:
     """Records keyed by (protocol, model, dataset), persisted to ``results.json``.
 
@@ -168,9 +186,15 @@ class ResultStore:
     full write is older than ``flush_interval`` seconds; ``flush`` forces the full write.
     """
 
-    def __init__(self, path: str | os.PathLike | None, run: dict[str, Any],
-                 baselines: dict[str, str | None] | None = None, *, flush_interval: float = 2.0,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        path: str | os.PathLike | None,
+        run: dict[str, Any],
+        baselines: dict[str, str | None] | None = None,
+        *,
+        flush_interval: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.path = Path(path) if path is not None else None
         self.run = run
         self.baselines = baselines or {}
@@ -181,10 +205,10 @@ class ResultStore:
         self._last_full = -math.inf
         self._dirty = False
         self._journal_fd: int | None = None
-        self.write_error: str | None = None   # the last failed write (None once one succeeds)
-        self.writes = 0                        # full rewrites done (for tests and perf checks)
+        self.write_error: str | None = None  # the last failed write (None once one succeeds)
+        self.writes = 0  # full rewrites done (for tests and perf checks)
         self._lines: dict[tuple[str, str, str], str] = {}  # each record's JSON, made once
-        self._last_cost = 0.0                  # seconds the last full write took
+        self._last_cost = 0.0  # seconds the last full write took
 
     @property
     def journal_path(self) -> Path | None:
@@ -211,8 +235,7 @@ class ResultStore:
         recs = list(self.records.values())
         run = dict(self.run)
         run["model_loads"] = dict(self.model_loads)
-        return {"run": run, "cases": [r.to_json() for r in recs],
-                "gelo": gelo_table(recs, self.baselines)}
+        return {"run": run, "cases": [r.to_json() for r in recs], "gelo": gelo_table(recs, self.baselines)}
 
     def _line(self, rec: CaseRecord) -> str:
         line = self._lines.get(rec.key)
@@ -229,9 +252,16 @@ class ResultStore:
         run = dict(self.run)
         run["model_loads"] = dict(self.model_loads)
         cases = ",\n  ".join(self._line(r) for r in recs)
-        return ('{\n"run": ' + json.dumps(_plain(run), ensure_ascii=False)
-                + ',\n"cases": [\n  ' + cases + "\n],\n"
-                + '"gelo": ' + json.dumps(_plain(gelo_table(recs, self.baselines))) + "\n}\n")
+        return (
+            '{\n"run": '
+            + json.dumps(_plain(run), ensure_ascii=False)
+            + ',\n"cases": [\n  '
+            + cases
+            + "\n],\n"
+            + '"gelo": '
+            + json.dumps(_plain(gelo_table(recs, self.baselines)))
+            + "\n}\n"
+        )
 
     # -- writing
     def _journal(self, rec: CaseRecord) -> None:
@@ -303,7 +333,7 @@ class ResultStore:
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 def _plain(x: Any) -> Any:
@@ -318,6 +348,7 @@ def _plain(x: Any) -> Any:
 
 
 # ------------------------------------------------------------------------------ reading
+
 
 @dataclass
 class RunData:
@@ -364,8 +395,9 @@ def load_run(path: str | os.PathLike, what: str = "--baseline") -> RunData:
         try:
             r = CaseRecord.from_json(c)
         except (KeyError, TypeError, ValueError, IndexError) as e:
-            raise HarnessError(f"{what} {p}: cases[{i}] malformed ({e}); expected model, "
-                               "dataset, protocol and metrics") from None
+            raise HarnessError(
+                f"{what} {p}: cases[{i}] malformed ({e}); expected model, dataset, protocol and metrics"
+            ) from None
         recs[r.key] = r
     jp = p.with_name(JOURNAL_NAME)
     if jp.is_file():

@@ -36,13 +36,24 @@ from harness.errors import DataError, UnsafePickleError
 
 #: Every dtype the unpickler can admit (native byte order names; ``<``, ``>``, ``|``, ``=``
 #: prefixes are accepted and applied).
-NUMERIC_DTYPES: tuple[str, ...] = ("b1", "u1", "u2", "u4", "u8", "i1", "i2", "i4", "i8",
-                                   "f2", "f4", "f8")
-_ALIASES = {"bool": "b1", "uint8": "u1", "int8": "i1", "uint16": "u2", "int16": "i2",
-            "uint32": "u4", "int32": "i4", "uint64": "u8", "int64": "i8", "float16": "f2",
-            "float32": "f4", "float64": "f8"}
+NUMERIC_DTYPES: tuple[str, ...] = ("b1", "u1", "u2", "u4", "u8", "i1", "i2", "i4", "i8", "f2", "f4", "f8")
+_ALIASES = {
+    "bool": "b1",
+    "uint8": "u1",
+    "int8": "i1",
+    "uint16": "u2",
+    "int16": "i2",
+    "uint32": "u4",
+    "int32": "i4",
+    "uint64": "u8",
+    "int64": "i8",
+    "float16": "f2",
+    "float32": "f4",
+    "float64": "f8",
+}
 _allowed: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar(
-    "safe_pickle_dtypes", default=frozenset(NUMERIC_DTYPES))
+    "safe_pickle_dtypes", default=frozenset(NUMERIC_DTYPES)
+)
 
 
 class _Refused(Exception):
@@ -83,8 +94,7 @@ class _DType(metaclass=_Frozen):
     def __setstate__(self, state: Any) -> None:
         # (version, byteorder, subarray, names, fields, elsize, alignment, flags): a plain
         # dtype has no sub-array, names or fields.
-        if not isinstance(state, tuple) or len(state) < 5 or any(
-                s is not None for s in state[2:5]):
+        if not isinstance(state, tuple) or len(state) < 5 or any(s is not None for s in state[2:5]):
             raise _Refused("a structured or sub-array dtype")
         order = _text(state[1])
         if order not in ("<", ">", "|", "="):
@@ -123,12 +133,11 @@ class _Array(metaclass=_Frozen):
 def _build(raw: Any, dt: Any, shape: Any, order: Any) -> np.ndarray:
     if type(dt) is not _DType:
         raise _Refused("an array whose dtype is not a plain uint8 / bool dtype")
-    if isinstance(raw, str):          # text-mode data (protocol 0-2 read as str)
+    if isinstance(raw, str):  # text-mode data (protocol 0-2 read as str)
         raw = raw.encode("latin1")
     if not isinstance(raw, (bytes, bytearray)):
         raise _Refused(f"array data of type {type(raw).__name__}")
-    if not isinstance(shape, tuple) or not all(
-            type(d) is int and d >= 0 for d in shape):
+    if not isinstance(shape, tuple) or not all(type(d) is int and d >= 0 for d in shape):
         raise _Refused("an array shape that is not a tuple of non-negative ints")
     order = _text(order)
     if order not in ("C", "F"):
@@ -168,11 +177,13 @@ class _CodecsEncode(metaclass=_Frozen):
         return text.encode("latin1")
 
 
-_GLOBALS: dict[tuple[str, str], Any] = {("numpy", "ndarray"): _NDArrayClass,
-                                         ("numpy", "dtype"): _DType,
-                                         ("_codecs", "encode"): _CodecsEncode,
-                                         ("builtins", "bytearray"): bytearray,
-                                         ("__builtin__", "bytearray"): bytearray}
+_GLOBALS: dict[tuple[str, str], Any] = {
+    ("numpy", "ndarray"): _NDArrayClass,
+    ("numpy", "dtype"): _DType,
+    ("_codecs", "encode"): _CodecsEncode,
+    ("builtins", "bytearray"): bytearray,
+    ("__builtin__", "bytearray"): bytearray,
+}
 for _core in ("numpy.core", "numpy._core"):
     _GLOBALS[(f"{_core}.multiarray", "_reconstruct")] = _Array
     _GLOBALS[(f"{_core}.multiarray", "scalar")] = _Scalar
@@ -193,11 +204,13 @@ class SafeUnpickler(pickle.Unpickler):
             raise UnsafePickleError(
                 f"{self.source}: the pickle references the forbidden global {module}.{name}; "
                 f"only plain data (containers, strings, numbers, numeric numpy arrays) is "
-                f"admitted, so it was refused without running it") from None
+                f"admitted, so it was refused without running it"
+            ) from None
 
     def persistent_load(self, pid: Any) -> Any:
-        raise UnsafePickleError(f"{self.source}: the pickle uses persistent ids "
-                                f"({pid!r}); refused, nothing was loaded")
+        raise UnsafePickleError(
+            f"{self.source}: the pickle uses persistent ids ({pid!r}); refused, nothing was loaded"
+        )
 
 
 def _unwrap(obj: Any) -> Any:
@@ -217,8 +230,13 @@ def _unwrap(obj: Any) -> Any:
     return obj
 
 
-def safe_load(path: str | os.PathLike, *, encoding: str = "bytes",
-              dtypes: Iterable[str] = NUMERIC_DTYPES, expected: str = "a pickle of plain data") -> Any:
+def safe_load(
+    path: str | os.PathLike,
+    *,
+    encoding: str = "bytes",
+    dtypes: Iterable[str] = NUMERIC_DTYPES,
+    expected: str = "a pickle of plain data",
+) -> Any:
     """Unpickle ``path`` admitting only plain data (see the module docstring).
 
     ``encoding``: how Python 2 ``str`` is read (``"bytes"`` or ``"latin1"``); ``dtypes``: the
@@ -238,12 +256,23 @@ def safe_load(path: str | os.PathLike, *, encoding: str = "bytes",
     except UnsafePickleError:
         raise
     except _Refused as e:
-        raise UnsafePickleError(f"{source}: refused pickle content: {e}; nothing was loaded"
-                                ) from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
-            IndexError, KeyError, UnicodeDecodeError, MemoryError, OverflowError,
-            RecursionError, OSError) as e:
-        raise DataError(f"{source}: not a readable pickle ({type(e).__name__}: {e}); "
-                        f"expected {expected}") from None
+        raise UnsafePickleError(f"{source}: refused pickle content: {e}; nothing was loaded") from None
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        KeyError,
+        UnicodeDecodeError,
+        MemoryError,
+        OverflowError,
+        RecursionError,
+        OSError,
+    ) as e:
+        raise DataError(
+            f"{source}: not a readable pickle ({type(e).__name__}: {e}); expected {expected}"
+        ) from None
     finally:
         _allowed.reset(token)

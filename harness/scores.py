@@ -48,8 +48,7 @@ class ScoreSet:
             v = getattr(self, name)
             if v is None:
                 continue
-            a = np.asarray([("" if x is None else str(x)) for x in np.asarray(v, dtype=object)],
-                           dtype=str)
+            a = np.asarray([("" if x is None else str(x)) for x in np.asarray(v, dtype=object)], dtype=str)
             if a.shape != self.scores.shape:
                 raise ValueError(f"ScoreSet: {len(self.scores)} scores but {name} of shape {a.shape}")
             setattr(self, name, a)
@@ -81,16 +80,19 @@ def save_scores(path: str | os.PathLike, s: ScoreSet) -> Path:
 
     buf = io.BytesIO()
     np.savez(buf, **s.arrays())  # type: ignore[arg-type]
+
     def write(f: Any) -> None:
         f.write(buf.getvalue())
+
     atomic_write(path, write, binary=True)
     return Path(path)
 
 
 def load_scores(path: str | os.PathLike) -> ScoreSet:
     with np.load(path, allow_pickle=False) as z:
-        kw: dict[str, Any] = {k: z[k] for k in z.files if k in
-                              ("scores", "labels", "paths", "attack_types", "video_ids")}
+        kw: dict[str, Any] = {
+            k: z[k] for k in z.files if k in ("scores", "labels", "paths", "attack_types", "video_ids")
+        }
     return ScoreSet(**kw)
 
 

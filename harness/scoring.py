@@ -34,20 +34,28 @@ class ScoringUnavailable(HarnessError):
     """The model cannot score in the dataset's mode (no task head): the case skips."""
 
 
-def text_prompts(protocol: str, bona_fide: Sequence[str] | None = None,
-                 attack: Sequence[str] | None = None) -> tuple[list[str], list[str]]:
+def text_prompts(
+    protocol: str, bona_fide: Sequence[str] | None = None, attack: Sequence[str] | None = None
+) -> tuple[list[str], list[str]]:
     """The (bona fide, attack) prompt lists of text scoring: the dataset's, else the defaults."""
     if protocol not in ("mad", "pad"):
         raise ValueError(f"text scoring is for 'mad' or 'pad', got {protocol!r}")
     return list(bona_fide or DEFAULT_PROMPTS["bona_fide"]), list(attack or DEFAULT_PROMPTS[protocol])
 
 
-def score(mode: str, protocol: str, x: np.ndarray, *, model_id: str, head: Any = None,
-          text_embeddings: Callable[[list[str]], np.ndarray] | None = None,
-          bona_fide_prompts: Sequence[str] | None = None,
-          attack_prompts: Sequence[str] | None = None,
-          train: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None,
-          where: str = "") -> np.ndarray:
+def score(
+    mode: str,
+    protocol: str,
+    x: np.ndarray,
+    *,
+    model_id: str,
+    head: Any = None,
+    text_embeddings: Callable[[list[str]], np.ndarray] | None = None,
+    bona_fide_prompts: Sequence[str] | None = None,
+    attack_prompts: Sequence[str] | None = None,
+    train: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None,
+    where: str = "",
+) -> np.ndarray:
     """P(bona fide)-like scores (higher = more bona fide) of image features ``x``.
 
     ``head``: an object with ``score(x)`` (``"head"``); ``text_embeddings``: prompts -> their
@@ -61,7 +69,8 @@ def score(mode: str, protocol: str, x: np.ndarray, *, model_id: str, head: Any =
             raise ScoringUnavailable(
                 f"model {model_id!r} has no task head (scoring = 'head'); give it head = PATH, "
                 "list only models with heads in the dataset's models = [...], or score with "
-                "scoring = 'text' or 'probe'")
+                "scoring = 'text' or 'probe'"
+            )
         return np.asarray(head.score(x))
     if mode == "text":
         if text_embeddings is None:
@@ -94,5 +103,7 @@ def dev_source(threshold: Any, dev: str | None, splits: Sequence[str], where: st
         return DevSource("dataset", dev)
     if "dev" in splits:
         return DevSource("split")
-    raise SuiteError(f"{where}threshold = 'dev-eer' needs a 'dev' split or dev = 'DATASET_ID'; "
-                     f"the dataset has {sorted(splits)}")
+    raise SuiteError(
+        f"{where}threshold = 'dev-eer' needs a 'dev' split or dev = 'DATASET_ID'; "
+        f"the dataset has {sorted(splits)}"
+    )

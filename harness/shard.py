@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from typing import Sequence, TypeVar
+from collections.abc import Sequence
+from typing import TypeVar
 
 from harness.errors import HarnessError
 
@@ -80,8 +81,10 @@ def claim_results_dir(folder, i: int, n: int) -> None:
     except FileExistsError:
         other = marker.read_text(encoding="utf-8").strip()
         if other != me:
-            raise ShardError(f"--results-dir {folder}: already used by shard {other}; give each "
-                             f"shard its own folder (e.g. results/shard-{i}-of-{n})") from None
+            raise ShardError(
+                f"--results-dir {folder}: already used by shard {other}; give each "
+                f"shard its own folder (e.g. results/shard-{i}-of-{n})"
+            ) from None
         return
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(me + "\n")

@@ -24,9 +24,12 @@ class Group:
     models: tuple[str, ...]
 
 
-def plan(cases: Iterable[tuple[str, str, str]],
-         needs_of: Callable[[str, str, str], list[tuple[str, str, bool]]],
-         dataset_order: list[str], model_order: list[str]) -> list[Group]:
+def plan(
+    cases: Iterable[tuple[str, str, str]],
+    needs_of: Callable[[str, str, str], list[tuple[str, str, bool]]],
+    dataset_order: list[str],
+    model_order: list[str],
+) -> list[Group]:
     """Groups of models per (dataset, split, flip), dataset-major in suite order.
 
     ``cases`` are (protocol, model, dataset); ``needs_of(protocol, model, dataset)`` lists the
@@ -38,8 +41,9 @@ def plan(cases: Iterable[tuple[str, str, str]],
     d_pos = {d: i for i, d in enumerate(dataset_order)}
     m_pos = {m: i for i, m in enumerate(model_order)}
     split_pos = {"train": 0, "val": 1, "dev": 2, "test": 3}
-    groups = [Group(d, s, f, tuple(sorted(ms, key=lambda m: m_pos.get(m, len(m_pos)))))
-              for (d, s, f), ms in want.items()]
-    groups.sort(key=lambda g: (d_pos.get(g.dataset, len(d_pos)), split_pos.get(g.split, 9),
-                               g.split, g.flip))
+    groups = [
+        Group(d, s, f, tuple(sorted(ms, key=lambda m: m_pos.get(m, len(m_pos)))))
+        for (d, s, f), ms in want.items()
+    ]
+    groups.sort(key=lambda g: (d_pos.get(g.dataset, len(d_pos)), split_pos.get(g.split, 9), g.split, g.flip))
     return groups

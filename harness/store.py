@@ -113,11 +113,12 @@ def _load_checked(path: Path, shape: tuple, dtype: str, sha: str, mmap: bool = T
             a = np.load(path, mmap_mode="c", allow_pickle=False)
         else:
             a = np.load(path, allow_pickle=False)
-    except Exception as e:  # noqa: BLE001 - a damaged header can raise anything the parser can
+    except Exception as e:
         raise DamagedEntry(f"{path.name} unreadable ({type(e).__name__}: {e})") from None
     if tuple(a.shape) != tuple(shape) or a.dtype.str != dtype:
-        raise DamagedEntry(f"{path.name} has shape {tuple(a.shape)} {a.dtype.str}, "
-                           f"manifest says {tuple(shape)} {dtype}")
+        raise DamagedEntry(
+            f"{path.name} has shape {tuple(a.shape)} {a.dtype.str}, manifest says {tuple(shape)} {dtype}"
+        )
     if array_sha256(a) != sha:
         raise DamagedEntry(f"{path.name} checksum mismatch")
     return a
@@ -154,9 +155,14 @@ class Chunk:
 class Store:
     """Entries of arrays under ``root``; see the module docstring for the layout."""
 
-    def __init__(self, root: str | os.PathLike, warn: Callable[[str], None],
-                 lock_timeout: float = 300.0, notify: Callable[[str], None] = _notify,
-                 wait_report_every: float = 30.0):
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        warn: Callable[[str], None],
+        lock_timeout: float = 300.0,
+        notify: Callable[[str], None] = _notify,
+        wait_report_every: float = 30.0,
+    ):
         self.root = Path(root)
         self.warn = warn
         self.lock_timeout = lock_timeout
@@ -164,8 +170,11 @@ class Store:
         self.wait_report_every = wait_report_every
         self.unwritable: str | None = None  # why the folder cannot be written (set on first failure)
         # only the store's own folders: the cache folder may also hold datasets (demo-v1)
-        self.swept = [p for sub in ("features", "text", "fileid", "models")
-                      for p in sweep_stale_temporaries(self.root / sub)]
+        self.swept = [
+            p
+            for sub in ("features", "text", "fileid", "models")
+            for p in sweep_stale_temporaries(self.root / sub)
+        ]
 
     def entry_dir(self, kind: str, key: str) -> Path:
         return self.root / kind / key[:2] / key
@@ -246,24 +255,28 @@ class Store:
             if progress != seen:
                 seen, last = progress, now
             if now - last >= self.lock_timeout:
-                raise LockTimeout(f"feature cache: gave up after {now - t0:.0f} s waiting for {path}, "
-                                  f"held by {self._holder(path)} with no progress for "
-                                  f"{now - last:.0f} s (--lock-timeout {self.lock_timeout:g}); "
-                                  f"is another run stuck on this cache?")
-            self.notify(f"feature cache: waiting for {path}, held by {self._holder(path)} "
-                        f"({now - t0:.0f} s; {seen[0]} chunk(s) written; --lock-timeout "
-                        f"{self.lock_timeout:g} s without progress)")
+                raise LockTimeout(
+                    f"feature cache: gave up after {now - t0:.0f} s waiting for {path}, "
+                    f"held by {self._holder(path)} with no progress for "
+                    f"{now - last:.0f} s (--lock-timeout {self.lock_timeout:g}); "
+                    f"is another run stuck on this cache?"
+                )
+            self.notify(
+                f"feature cache: waiting for {path}, held by {self._holder(path)} "
+                f"({now - t0:.0f} s; {seen[0]} chunk(s) written; --lock-timeout "
+                f"{self.lock_timeout:g} s without progress)"
+            )
             try:
-                lock.acquire(timeout=max(0.05, min(self.wait_report_every,
-                                                   self.lock_timeout - (now - last))))
+                lock.acquire(timeout=max(0.05, min(self.wait_report_every, self.lock_timeout - (now - last))))
                 return lock
             except Timeout:
                 continue
 
     # --------------------------------------------------------------------- whole entries
 
-    def read(self, kind: str, key: str, check: Callable[[dict, dict], None] | None = None
-             ) -> tuple[dict[str, np.ndarray], dict] | None:
+    def read(
+        self, kind: str, key: str, check: Callable[[dict, dict], None] | None = None
+    ) -> tuple[dict[str, np.ndarray], dict] | None:
         """(arrays, meta) of a complete entry; None when absent.  A damaged entry is reported
         (one line naming the file), removed, and None is returned so it is recomputed.
         ``check(arrays, meta)`` may raise DamagedEntry for inconsistencies the caller knows."""
@@ -273,9 +286,10 @@ class Store:
             body = _unseal(manifest)
             if body.get("format") != STORE_FORMAT or body.get("key") != key:
                 raise DamagedEntry("manifest of another entry or format")
-            arrays = {name: _load_checked(d / spec["file"], tuple(spec["shape"]), spec["dtype"],
-                                          spec["sha256"])
-                      for name, spec in body["arrays"].items()}
+            arrays = {
+                name: _load_checked(d / spec["file"], tuple(spec["shape"]), spec["dtype"], spec["sha256"])
+                for name, spec in body["arrays"].items()
+            }
             meta = body.get("meta", {})
             if check is not None:
                 check(arrays, meta)
@@ -365,14 +379,20 @@ class ChunkWriter:
 
     def _read_chunk(self, record: Path, start: int, stop: int) -> Chunk:
         body = _unseal(record)
-        if (body.get("format"), body.get("key"), body.get("start"), body.get("stop"),
-                body.get("n_rows")) != (STORE_FORMAT, self.key, start, stop, self.n_rows):
+        if (body.get("format"), body.get("key"), body.get("start"), body.get("stop"), body.get("n_rows")) != (
+            STORE_FORMAT,
+            self.key,
+            start,
+            stop,
+            self.n_rows,
+        ):
             raise DamagedEntry("record does not match its name or split")
         if not 0 <= start < stop <= self.n_rows:
             raise DamagedEntry(f"rows {start}-{stop} outside the split's {self.n_rows}")
         spec = body["x"]
-        x = _load_checked(record.with_suffix(".npy"), tuple(spec["shape"]), spec["dtype"],
-                          spec["sha256"], mmap=True)
+        x = _load_checked(
+            record.with_suffix(".npy"), tuple(spec["shape"]), spec["dtype"], spec["sha256"], mmap=True
+        )
         if x.shape[0] != stop - start:
             raise DamagedEntry(f"{x.shape[0]} rows for {stop - start}")
         valid = np.ones(stop - start, dtype=bool)
@@ -391,15 +411,20 @@ class ChunkWriter:
         name = f"c{start:010d}-{stop:010d}"
         x = np.ascontiguousarray(x)
         _save_npy(self.chunk_dir / f"{name}.npy", x)
-        body = {"format": STORE_FORMAT, "key": self.key, "start": start, "stop": stop,
-                "n_rows": self.n_rows, "x": _describe(x, name),
-                "invalid": [int(i) for i in np.flatnonzero(~np.asarray(valid, bool))],
-                "bad": list(bad)}
+        body = {
+            "format": STORE_FORMAT,
+            "key": self.key,
+            "start": start,
+            "stop": stop,
+            "n_rows": self.n_rows,
+            "x": _describe(x, name),
+            "invalid": [int(i) for i in np.flatnonzero(~np.asarray(valid, bool))],
+            "bad": list(bad),
+        }
         text = _seal(body)
         atomic_write(self.chunk_dir / f"{name}.json", lambda f: f.write(text))
 
-    def finish(self, meta: dict, x: np.ndarray | None = None, valid: np.ndarray | None = None
-               ) -> None:
+    def finish(self, meta: dict, x: np.ndarray | None = None, valid: np.ndarray | None = None) -> None:
         """Assemble the entry (x.npy, valid.npy, manifest) and drop the chunks.  Raises OSError.
 
         With ``x``/``valid`` given (already in memory) they are written as they are; otherwise
@@ -430,7 +455,7 @@ class ChunkWriter:
         with atomic_path(self.dir / "x.npy") as tmp:
             out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(self.n_rows, dim))
             for c in chunks:
-                out[c.start:c.stop] = c.x
+                out[c.start : c.stop] = c.x
             out.flush()
             del out
         return np.load(self.dir / "x.npy", mmap_mode="r"), valid

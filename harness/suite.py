@@ -37,10 +37,10 @@ from harness.protocols import PROTOCOLS, Option
 
 DATASET_TYPES = ("classification", "verification", "ijb", "mad", "pad")
 MAX_SUITE_BYTES = 4 * 1024 * 1024  # a suite file is a few kB; refuse what no suite needs
-MAX_DEPTH = 32                     # nesting of tables/arrays (deeper: refused before parsing)
-MAX_LABEL = 200                    # characters of a label, a suite name, an id
-MAX_STRING = 4096                  # characters of any other string (paths, prompts...)
-SIZE_RANGE = (1, 4096)             # preprocess.size, in pixels
+MAX_DEPTH = 32  # nesting of tables/arrays (deeper: refused before parsing)
+MAX_LABEL = 200  # characters of a label, a suite name, an id
+MAX_STRING = 4096  # characters of any other string (paths, prompts...)
+SIZE_RANGE = (1, 4096)  # preprocess.size, in pixels
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.]*(?:-[A-Za-z0-9_.]+)*$")
 
@@ -54,15 +54,15 @@ class LoraSpec:
 
 @dataclass(frozen=True)
 class PreprocessSpec:
-    preset: str | None = None          # "clip", "imagenet", "half"
+    preset: str | None = None  # "clip", "imagenet", "half"
     size: int | None = None
-    interpolation: str | None = None   # "bicubic", "bilinear", "nearest"
+    interpolation: str | None = None  # "bicubic", "bilinear", "nearest"
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
-    channel_order: str = "rgb"         # "rgb" or "bgr"
-    resize: str | None = None          # "shortest" (resize + centre crop) or "squash"
+    channel_order: str = "rgb"  # "rgb" or "bgr"
+    resize: str | None = None  # "shortest" (resize + centre crop) or "squash"
     resize_backend: str | None = None  # "pil" (default), "torchvision" or "opencv"
-    antialias: bool | None = None      # torchvision only (pil: always, opencv: never)
+    antialias: bool | None = None  # torchvision only (pil: always, opencv: never)
 
 
 @dataclass(frozen=True)
@@ -126,8 +126,11 @@ class Gate:
     max: float | None = None
 
     def applies(self, protocol: str, model: str, dataset: str) -> bool:
-        return ((self.protocol in (None, protocol)) and (self.model in (None, model))
-                and (self.dataset in (None, dataset)))
+        return (
+            (self.protocol in (None, protocol))
+            and (self.model in (None, model))
+            and (self.dataset in (None, dataset))
+        )
 
 
 @dataclass(frozen=True)
@@ -156,6 +159,7 @@ class Suite:
 
 # ------------------------------------------------------------------------------ validation
 
+
 class _Ctx:
     def __init__(self, path: str, base: Path, defaults: dict[str, str] | None = None):
         self.path = path
@@ -168,12 +172,12 @@ class _Ctx:
 
 
 def _type_name(v: Any) -> str:
-    return {bool: "boolean", int: "integer", float: "number", str: "string", list: "list",
-            dict: "table"}.get(type(v), type(v).__name__)
+    return {bool: "boolean", int: "integer", float: "number", str: "string", list: "list", dict: "table"}.get(
+        type(v), type(v).__name__
+    )
 
 
-def _check_type(ctx: _Ctx, table: str, key: str, value: Any, types: tuple[type, ...],
-                expected: str) -> Any:
+def _check_type(ctx: _Ctx, table: str, key: str, value: Any, types: tuple[type, ...], expected: str) -> Any:
     ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
     if not ok and float in types and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -218,15 +222,17 @@ _MODEL_KEYS = {
     "head": "a path to a binary task head",
     "score_polarity": "'bonafide' or 'attack'",
     "preprocess": "a table {preset, size, interpolation, mean, std, channel_order, resize, "
-                  "resize_backend, antialias}",
+    "resize_backend, antialias}",
     "baseline": "the id of another model in this suite",
     "preset": "the name of a [presets.NAME] table",
 }
 _PREPROCESS_KEYS = {
     "preset": ((str,), ("clip", "imagenet", "half")),
     "size": ((int,), None),
-    "interpolation": ((str,), ("bicubic", "bilinear", "nearest", "nearest-exact", "area", "lanczos",
-                               "box", "hamming")),
+    "interpolation": (
+        (str,),
+        ("bicubic", "bilinear", "nearest", "nearest-exact", "area", "lanczos", "box", "hamming"),
+    ),
     "mean": ((list,), None),
     "std": ((list,), None),
     "channel_order": ((str,), ("rgb", "bgr")),
@@ -252,21 +258,28 @@ def _parse_model(ctx: _Ctx, mid: str, raw: Any) -> ModelSpec:
             kw[k] = _check_type(ctx, table, k, raw[k], (str,), _MODEL_KEYS[k])
     arch = kw["arch"]
     if arch.startswith("local-dir:"):
-        kw["arch"] = "local-dir:" + _path(ctx, arch[len("local-dir:"):], missing)
+        kw["arch"] = "local-dir:" + _path(ctx, arch[len("local-dir:") :], missing)
     if "pretrained" in kw and _is_path_like(kw["pretrained"]):
         kw["pretrained"] = _path(ctx, kw["pretrained"], missing)
     for k in ("checkpoint", "head"):
         if k in kw:
             kw[k] = _path(ctx, kw[k], missing)
     if "checkpoint_format" in raw:
-        v = _check_type(ctx, table, "checkpoint_format", raw["checkpoint_format"], (str,),
-                        _MODEL_KEYS["checkpoint_format"])
+        v = _check_type(
+            ctx,
+            table,
+            "checkpoint_format",
+            raw["checkpoint_format"],
+            (str,),
+            _MODEL_KEYS["checkpoint_format"],
+        )
         if v not in ("open_clip", "clip-lora"):
             raise ctx.err(table, "checkpoint_format", f"expected 'open_clip' or 'clip-lora', got {v!r}")
         kw["checkpoint_format"] = v
     if "score_polarity" in raw:
-        v = _check_type(ctx, table, "score_polarity", raw["score_polarity"], (str,),
-                        _MODEL_KEYS["score_polarity"])
+        v = _check_type(
+            ctx, table, "score_polarity", raw["score_polarity"], (str,), _MODEL_KEYS["score_polarity"]
+        )
         if v not in ("bonafide", "attack"):
             raise ctx.err(table, "score_polarity", f"expected 'bonafide' or 'attack', got {v!r}")
         kw["score_polarity"] = v
@@ -276,19 +289,27 @@ def _parse_model(ctx: _Ctx, mid: str, raw: Any) -> ModelSpec:
         for k in lo:
             if k not in ("rank", "alpha", "scaling"):
                 raise ctx.err(lt, k, "unknown key; expected one of rank, alpha, scaling")
-        rank = _check_type(ctx, lt, "rank", lo["rank"], (int,), "a positive integer") if "rank" in lo else None
+        rank = (
+            _check_type(ctx, lt, "rank", lo["rank"], (int,), "a positive integer") if "rank" in lo else None
+        )
         alpha = _check_type(ctx, lt, "alpha", lo["alpha"], (float,), "a number") if "alpha" in lo else None
         scaling = lo.get("scaling")
         if scaling is not None and scaling not in ("rslora", "standard"):
-            raise ctx.err(lt, "scaling", f"expected 'rslora' (alpha/sqrt(r)) or 'standard' (alpha/r), got {scaling!r}")
+            raise ctx.err(
+                lt, "scaling", f"expected 'rslora' (alpha/sqrt(r)) or 'standard' (alpha/r), got {scaling!r}"
+            )
         if rank is not None and not 1 <= rank <= 4096:
             raise ctx.err(lt, "rank", f"expected an integer in 1..4096, got {rank}")
         kw["lora"] = LoraSpec(rank, alpha, scaling)
     if kw.get("checkpoint_format") == "clip-lora":
         lo = kw.get("lora", LoraSpec())
         if lo.alpha is None or lo.scaling is None:
-            raise ctx.err(table, "lora", "checkpoint_format = 'clip-lora' needs lora = { alpha = ..., "
-                          "scaling = 'rslora' | 'standard' } (rank is read from the checkpoint)")
+            raise ctx.err(
+                table,
+                "lora",
+                "checkpoint_format = 'clip-lora' needs lora = { alpha = ..., "
+                "scaling = 'rslora' | 'standard' } (rank is read from the checkpoint)",
+            )
         if "checkpoint" not in kw:
             raise ctx.err(table, "checkpoint", "checkpoint_format = 'clip-lora' needs a checkpoint path")
     _check_label(ctx, table, kw.get("label"))
@@ -300,14 +321,24 @@ def _parse_model(ctx: _Ctx, mid: str, raw: Any) -> ModelSpec:
             if k not in _PREPROCESS_KEYS:
                 raise ctx.err(pt, k, f"unknown key; expected one of {', '.join(_PREPROCESS_KEYS)}")
             types, choices = _PREPROCESS_KEYS[k]
-            v = _check_type(ctx, pt, k, v, types, "a list of 3 numbers" if types == (list,) else
-                            ("an integer" if types == (int,) else
-                             "true or false" if types == (bool,) else "a string"))
+            v = _check_type(
+                ctx,
+                pt,
+                k,
+                v,
+                types,
+                "a list of 3 numbers"
+                if types == (list,)
+                else (
+                    "an integer" if types == (int,) else "true or false" if types == (bool,) else "a string"
+                ),
+            )
             if choices and v not in choices:
                 raise ctx.err(pt, k, f"expected one of {', '.join(map(repr, choices))}, got {v!r}")
             if k == "size" and not SIZE_RANGE[0] <= v <= SIZE_RANGE[1]:
-                raise ctx.err(pt, k, f"expected an integer in {SIZE_RANGE[0]}..{SIZE_RANGE[1]} "
-                              f"(pixels), got {v}")
+                raise ctx.err(
+                    pt, k, f"expected an integer in {SIZE_RANGE[0]}..{SIZE_RANGE[1]} (pixels), got {v}"
+                )
             if k in ("mean", "std"):
                 if len(v) != 3 or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
                     raise ctx.err(pt, k, f"expected a list of 3 numbers, got {v!r}")
@@ -345,13 +376,22 @@ def _model_list(ctx: _Ctx, table: str, key: str, value: Any, model_ids: list[str
     v = _check_type(ctx, table, key, value, (list,), _DATASET_KEYS[key])
     for m in v:
         if not isinstance(m, str) or m not in model_ids:
-            raise ctx.err(table, key, f"{m!r} names no model{_did_you_mean(str(m), model_ids)}; "
-                          f"expected ids among {', '.join(model_ids)}")
+            raise ctx.err(
+                table,
+                key,
+                f"{m!r} names no model{_did_you_mean(str(m), model_ids)}; "
+                f"expected ids among {', '.join(model_ids)}",
+            )
     return list(v)
 
 
-def _parse_dataset(ctx: _Ctx, did: str, raw: Any, model_ids: list[str] | None = None,
-                   format_types: dict[str, tuple[str, ...]] | None = None) -> DatasetSpec:
+def _parse_dataset(
+    ctx: _Ctx,
+    did: str,
+    raw: Any,
+    model_ids: list[str] | None = None,
+    format_types: dict[str, tuple[str, ...]] | None = None,
+) -> DatasetSpec:
     """``format_types``: format name -> dataset types it fits (the format registry)."""
     table = f"datasets.{did}"
     if not isinstance(raw, dict):
@@ -367,11 +407,16 @@ def _parse_dataset(ctx: _Ctx, did: str, raw: Any, model_ids: list[str] | None = 
         raise ctx.err(table, "protocols", "expected at least one protocol")
     for p in protocols:
         if p not in PROTOCOLS:
-            raise ctx.err(table, "protocols", f"unknown protocol {p!r}; expected one of {', '.join(PROTOCOLS)}")
+            raise ctx.err(
+                table, "protocols", f"unknown protocol {p!r}; expected one of {', '.join(PROTOCOLS)}"
+            )
         if dtype not in PROTOCOLS[p].types:
-            raise ctx.err(table, "protocols",
-                          f"protocol {p!r} does not fit type = {dtype!r}; it needs type "
-                          + " or ".join(repr(t) for t in PROTOCOLS[p].types))
+            raise ctx.err(
+                table,
+                "protocols",
+                f"protocol {p!r} does not fit type = {dtype!r}; it needs type "
+                + " or ".join(repr(t) for t in PROTOCOLS[p].types),
+            )
     if len(set(protocols)) != len(protocols):
         raise ctx.err(table, "protocols", f"duplicate protocol in {protocols!r}")
     allowed: dict[str, Option] = {}
@@ -383,7 +428,9 @@ def _parse_dataset(ctx: _Ctx, did: str, raw: Any, model_ids: list[str] | None = 
             continue
         if k not in allowed:
             expected = list(_DATASET_KEYS) + sorted(allowed)
-            raise ctx.err(table, k, f"unknown key for protocols {protocols}; expected one of {', '.join(expected)}")
+            raise ctx.err(
+                table, k, f"unknown key for protocols {protocols}; expected one of {', '.join(expected)}"
+            )
         opt = allowed[k]
         v = _check_type(ctx, table, k, v, opt.types, opt.expected())
         if opt.choices and v not in opt.choices:
@@ -393,14 +440,22 @@ def _parse_dataset(ctx: _Ctx, did: str, raw: Any, model_ids: list[str] | None = 
     fmt = _check_type(ctx, table, "format", raw["format"], (str,), _DATASET_KEYS["format"])
     if format_types is not None:
         if fmt not in format_types:
-            raise ctx.err(table, "format", f"unknown format {fmt!r}"
-                          f"{_did_you_mean(fmt, sorted(format_types))}; expected one of "
-                          f"{', '.join(sorted(format_types))}")
+            raise ctx.err(
+                table,
+                "format",
+                f"unknown format {fmt!r}"
+                f"{_did_you_mean(fmt, sorted(format_types))}; expected one of "
+                f"{', '.join(sorted(format_types))}",
+            )
         if dtype not in format_types[fmt]:
             fitting = sorted(f for f, ts in format_types.items() if dtype in ts)
-            raise ctx.err(table, "format", f"format {fmt!r} does not fit type = {dtype!r} (it reads "
-                          f"{' or '.join(map(repr, format_types[fmt]))} data); formats for "
-                          f"{dtype!r}: {', '.join(fitting)}")
+            raise ctx.err(
+                table,
+                "format",
+                f"format {fmt!r} does not fit type = {dtype!r} (it reads "
+                f"{' or '.join(map(repr, format_types[fmt]))} data); formats for "
+                f"{dtype!r}: {', '.join(fitting)}",
+            )
     root = _path(ctx, _check_type(ctx, table, "root", raw["root"], (str,), _DATASET_KEYS["root"]), missing)
     for k in ("classnames", "templates"):
         if k in options:
@@ -421,9 +476,17 @@ def _parse_dataset(ctx: _Ctx, did: str, raw: Any, model_ids: list[str] | None = 
         kw["models"] = tuple(m for m in ids if m in chosen)
     if "download" in raw:
         kw["download"] = _check_type(ctx, table, "download", raw["download"], (bool,), "a boolean")
-    return DatasetSpec(id=did, type=dtype, format=fmt, root=root, source=ctx.path,
-                       protocols=tuple(protocols), options=options,
-                       missing_env=tuple(dict.fromkeys(missing)), **kw)
+    return DatasetSpec(
+        id=did,
+        type=dtype,
+        format=fmt,
+        root=root,
+        source=ctx.path,
+        protocols=tuple(protocols),
+        options=options,
+        missing_env=tuple(dict.fromkeys(missing)),
+        **kw,
+    )
 
 
 def _check_label(ctx: _Ctx, table: str, label: str | None, key: str = "label") -> None:
@@ -437,13 +500,15 @@ def _check_strings(ctx: _Ctx, value: Any, where: str, depth: int = 0) -> None:
         raise SuiteError(f"{ctx.path}: {where}: nested deeper than {MAX_DEPTH} levels")
     if isinstance(value, str):
         if len(value) > MAX_STRING:
-            raise SuiteError(f"{ctx.path}: {where}: a string of {len(value)} characters; expected "
-                             f"at most {MAX_STRING}")
+            raise SuiteError(
+                f"{ctx.path}: {where}: a string of {len(value)} characters; expected at most {MAX_STRING}"
+            )
     elif isinstance(value, dict):
         for k, v in value.items():
             if len(k) > MAX_LABEL:
-                raise SuiteError(f"{ctx.path}: {where}: a key of {len(k)} characters; expected at "
-                                 f"most {MAX_LABEL}")
+                raise SuiteError(
+                    f"{ctx.path}: {where}: a key of {len(k)} characters; expected at most {MAX_LABEL}"
+                )
             _check_strings(ctx, v, f"{where}.{k}" if where else k, depth + 1)
     elif isinstance(value, list):
         for i, v in enumerate(value):
@@ -459,8 +524,12 @@ def _apply_preset(ctx: _Ctx, kind: str, ident: str, raw: Any, presets: dict[str,
     name = _check_type(ctx, table, "preset", raw["preset"], (str,), "the name of a [presets.NAME] table")
     if name not in presets:
         known = sorted(presets)
-        raise ctx.err(table, "preset", f"{name!r} names no [presets.{name}] table"
-                      f"{_did_you_mean(name, known)}; presets: {', '.join(known) or 'none'}")
+        raise ctx.err(
+            table,
+            "preset",
+            f"{name!r} names no [presets.{name}] table"
+            f"{_did_you_mean(name, known)}; presets: {', '.join(known) or 'none'}",
+        )
     merged = dict(presets[name])
     for k, v in raw.items():
         if k == "preset":
@@ -495,16 +564,29 @@ def _parse_gate(ctx: _Ctx, i: int, raw: Any, suite_models, suite_datasets) -> Ga
                 raise ctx.err(table, k, f"expected a fraction in [0, 1] (e.g. 0.6 for 60 %), got {v}")
             kw[k] = v
     if kw.get("protocol") and kw["protocol"] not in PROTOCOLS:
-        raise ctx.err(table, "protocol", f"unknown protocol {kw['protocol']!r}; expected one of {', '.join(PROTOCOLS)}")
+        raise ctx.err(
+            table, "protocol", f"unknown protocol {kw['protocol']!r}; expected one of {', '.join(PROTOCOLS)}"
+        )
     if kw.get("model") and kw["model"] not in suite_models:
-        raise ctx.err(table, "model", f"{kw['model']!r} names no model; expected one of {', '.join(suite_models)}")
+        raise ctx.err(
+            table, "model", f"{kw['model']!r} names no model; expected one of {', '.join(suite_models)}"
+        )
     if kw.get("dataset") and kw["dataset"] not in suite_datasets:
-        raise ctx.err(table, "dataset", f"{kw['dataset']!r} names no dataset; expected one of {', '.join(suite_datasets)}")
+        raise ctx.err(
+            table,
+            "dataset",
+            f"{kw['dataset']!r} names no dataset; expected one of {', '.join(suite_datasets)}",
+        )
     return Gate(**kw)
 
 
-def parse_suite(text: str, path: str = "<suite>", base: Path | None = None,
-                defaults: dict[str, str] | None = None, _chain: tuple[str, ...] = ()) -> Suite:
+def parse_suite(
+    text: str,
+    path: str = "<suite>",
+    base: Path | None = None,
+    defaults: dict[str, str] | None = None,
+    _chain: tuple[str, ...] = (),
+) -> Suite:
     """Parse a suite; ``defaults`` are values for ``${VAR}`` that the environment can override.
 
     ``[suite] include = "other.toml"`` (relative to this file) starts from that suite's models,
@@ -512,30 +594,34 @@ def parse_suite(text: str, path: str = "<suite>", base: Path | None = None,
     table of the same id as a whole (in place), new ids are appended, gates add up."""
     ctx = _Ctx(path, base if base is not None else Path(path).resolve().parent, defaults)
     if len(text) > MAX_SUITE_BYTES:
-        raise SuiteError(f"{path}: {len(text)} characters; a suite file may have at most "
-                         f"{MAX_SUITE_BYTES}")
+        raise SuiteError(f"{path}: {len(text)} characters; a suite file may have at most {MAX_SUITE_BYTES}")
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         # tomllib reports duplicate tables/keys as decode errors: keep its position info.
-        raise SuiteError(f"{path}: not valid TOML ({e}); a duplicate [models.X] or [datasets.X] "
-                         "table is reported here too") from None
+        raise SuiteError(
+            f"{path}: not valid TOML ({e}); a duplicate [models.X] or [datasets.X] table is reported here too"
+        ) from None
     except RecursionError:
-        raise SuiteError(f"{path}: arrays or tables nested too deep to parse; expected at most "
-                         f"{MAX_DEPTH} levels") from None
+        raise SuiteError(
+            f"{path}: arrays or tables nested too deep to parse; expected at most {MAX_DEPTH} levels"
+        ) from None
     _check_strings(ctx, data, "")
     for k in data:
         if k not in ("suite", "models", "datasets", "gates", "presets"):
-            raise ctx.err(k, None, "unknown top-level table; expected [suite], [models.ID], "
-                          "[datasets.ID], [presets.NAME] or [[gates]]")
+            raise ctx.err(
+                k,
+                None,
+                "unknown top-level table; expected [suite], [models.ID], "
+                "[datasets.ID], [presets.NAME] or [[gates]]",
+            )
     meta = data.get("suite", {})
     if not isinstance(meta, dict):
         raise ctx.err("suite", None, "expected a table")
     for k in meta:
         if k not in ("name", "description", "include"):
             raise ctx.err("suite", k, "unknown key; expected name, description or include")
-        _check_type(ctx, "suite", k, meta[k], (str,),
-                    "a suite file path" if k == "include" else "a string")
+        _check_type(ctx, "suite", k, meta[k], (str,), "a suite file path" if k == "include" else "a string")
     _check_label(ctx, "suite", meta.get("name"), "name")
     presets = data.get("presets", {})
     if not isinstance(presets, dict) or not all(isinstance(v, dict) for v in presets.values()):
@@ -558,29 +644,43 @@ def parse_suite(text: str, path: str = "<suite>", base: Path | None = None,
     for kind, raw in (("models", models_raw), ("datasets", datasets_raw)):
         for ident in raw:
             if len(ident) > MAX_LABEL:
-                raise ctx.err(kind, None, f"an id of {len(ident)} characters; expected at most "
-                              f"{MAX_LABEL}")
+                raise ctx.err(kind, None, f"an id of {len(ident)} characters; expected at most {MAX_LABEL}")
             if not _ID.match(ident):
-                raise ctx.err(f"{kind}.{ident}", None,
-                              "ids use letters, digits, '_', '.' and single '-' between parts "
-                              "(they appear in test ids)")
-    models = {**(inc.models if inc else {}),
-              **{mid: _parse_model(ctx, mid, _apply_preset(ctx, "models", mid, raw, presets))
-                 for mid, raw in models_raw.items()}}
+                raise ctx.err(
+                    f"{kind}.{ident}",
+                    None,
+                    "ids use letters, digits, '_', '.' and single '-' between parts "
+                    "(they appear in test ids)",
+                )
+    models = {
+        **(inc.models if inc else {}),
+        **{
+            mid: _parse_model(ctx, mid, _apply_preset(ctx, "models", mid, raw, presets))
+            for mid, raw in models_raw.items()
+        },
+    }
     from harness.data import formats  # the format registry (no torch)
 
     format_types = {name: types for name, (_opener, types) in formats().items()}
-    datasets = {**(inc.datasets if inc else {}),
-                **{did: _parse_dataset(ctx, did, _apply_preset(ctx, "datasets", did, raw, presets),
-                                       list(models), format_types)
-                   for did, raw in datasets_raw.items()}}
+    datasets = {
+        **(inc.datasets if inc else {}),
+        **{
+            did: _parse_dataset(
+                ctx, did, _apply_preset(ctx, "datasets", did, raw, presets), list(models), format_types
+            )
+            for did, raw in datasets_raw.items()
+        },
+    }
     for d in datasets.values():
         if d.models is not None and d.options.get("scoring", "head") == "head" and d.type in ("mad", "pad"):
             headless = [m for m in d.models if models[m].head is None]
             if headless:
-                raise ctx.err(f"datasets.{d.id}", "models",
-                              f"scoring = 'head' but {', '.join(map(repr, headless))} has no head; "
-                              "list only models with head = PATH, or score with 'text' or 'probe'")
+                raise ctx.err(
+                    f"datasets.{d.id}",
+                    "models",
+                    f"scoring = 'head' but {', '.join(map(repr, headless))} has no head; "
+                    "list only models with head = PATH, or score with 'text' or 'probe'",
+                )
     clash = set(models) & set(datasets)
     if clash:
         c = sorted(clash)[0]
@@ -588,26 +688,39 @@ def parse_suite(text: str, path: str = "<suite>", base: Path | None = None,
     for m in models.values():
         if m.baseline is not None:
             if m.baseline not in models:
-                raise ctx.err(f"models.{m.id}", "baseline",
-                              f"{m.baseline!r} names no model; expected one of {', '.join(models)}")
+                raise ctx.err(
+                    f"models.{m.id}",
+                    "baseline",
+                    f"{m.baseline!r} names no model; expected one of {', '.join(models)}",
+                )
             if m.baseline == m.id:
                 raise ctx.err(f"models.{m.id}", "baseline", "a model cannot be its own baseline")
     for d in datasets.values():
         dev = d.options.get("dev")
         if dev is not None and dev not in datasets:
-            raise ctx.err(f"datasets.{d.id}", "dev", f"{dev!r} names no dataset; expected one of {', '.join(datasets)}")
+            raise ctx.err(
+                f"datasets.{d.id}", "dev", f"{dev!r} names no dataset; expected one of {', '.join(datasets)}"
+            )
     gates_raw = data.get("gates", [])
     if not isinstance(gates_raw, list):
         raise ctx.err("gates", None, "expected [[gates]] tables")
-    gates = (inc.gates if inc else ()) + tuple(_parse_gate(ctx, i, g, models, datasets)
-                                                for i, g in enumerate(gates_raw))
+    gates = (inc.gates if inc else ()) + tuple(
+        _parse_gate(ctx, i, g, models, datasets) for i, g in enumerate(gates_raw)
+    )
     name = meta.get("name") or Path(path).stem
-    return Suite(path=path, name=name, models=models, datasets=datasets, gates=gates,
-                 description=meta.get("description", ""))
+    return Suite(
+        path=path,
+        name=name,
+        models=models,
+        datasets=datasets,
+        gates=gates,
+        description=meta.get("description", ""),
+    )
 
 
-def load_suite(path: str | os.PathLike, defaults: dict[str, str] | None = None,
-               _chain: tuple[str, ...] = ()) -> Suite:
+def load_suite(
+    path: str | os.PathLike, defaults: dict[str, str] | None = None, _chain: tuple[str, ...] = ()
+) -> Suite:
     p = Path(path)
     try:
         if p.is_dir():
@@ -617,8 +730,9 @@ def load_suite(path: str | os.PathLike, defaults: dict[str, str] | None = None,
         with open(p, "rb") as f:
             data = f.read(MAX_SUITE_BYTES + 1)
     except FileNotFoundError:
-        raise SuiteError(f"{p}: suite file not found"
-                         + (f" (included by {_chain[-1]})" if _chain else "")) from None
+        raise SuiteError(
+            f"{p}: suite file not found" + (f" (included by {_chain[-1]})" if _chain else "")
+        ) from None
     except OSError as e:
         raise SuiteError(f"{p}: cannot be read ({e.strerror or e})") from None
     if len(data) > MAX_SUITE_BYTES:
@@ -626,9 +740,8 @@ def load_suite(path: str | os.PathLike, defaults: dict[str, str] | None = None,
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        line = data[:e.start].count(b"\n") + 1
-        raise SuiteError(f"{p}: not UTF-8 text (byte {e.start}, line {line}); TOML files are "
-                         "UTF-8") from None
+        line = data[: e.start].count(b"\n") + 1
+        raise SuiteError(f"{p}: not UTF-8 text (byte {e.start}, line {line}); TOML files are UTF-8") from None
     return parse_suite(text, str(p), p.resolve().parent, defaults, _chain)
 
 
@@ -659,5 +772,7 @@ def resolve_suite(name_or_path: str, suites_dir: str | os.PathLike | list[Path])
             return cand
     avail = sorted({x.stem for d in dirs if d.is_dir() for x in d.glob("*.toml")})
     tried = ", ".join(str(d / f"{name_or_path}.toml") for d in dirs)
-    raise SuiteError(f"--suite {name_or_path}: no file {tried}; available suites: {', '.join(avail)}"
-                     f"{_did_you_mean(name_or_path, avail)}")
+    raise SuiteError(
+        f"--suite {name_or_path}: no file {tried}; available suites: {', '.join(avail)}"
+        f"{_did_you_mean(name_or_path, avail)}"
+    )

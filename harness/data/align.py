@@ -35,8 +35,7 @@ def similarity_transform(src: Any, dst: Any) -> np.ndarray:
     x = np.asarray(src, dtype=np.float64)
     y = np.asarray(dst, dtype=np.float64)
     if x.ndim != 2 or x.shape[1] != 2 or x.shape != y.shape or len(x) < 2:
-        raise ValueError(f"src and dst must both be [n, 2] with n >= 2, got {x.shape} and "
-                         f"{y.shape}")
+        raise ValueError(f"src and dst must both be [n, 2] with n >= 2, got {x.shape} and {y.shape}")
     mx, my = x.mean(axis=0), y.mean(axis=0)
     xc, yc = x - mx, y - my
     var_x = float(np.mean(np.sum(xc * xc, axis=1)))
@@ -57,8 +56,9 @@ def apply_transform(m: np.ndarray, pts: Any) -> np.ndarray:
     return p @ m[:, :2].T + m[:, 2]
 
 
-def warp_affine(img: Image.Image, m: np.ndarray, size: tuple[int, int] = ALIGNED_SIZE,
-                resample: int = Image.BILINEAR) -> Image.Image:
+def warp_affine(
+    img: Image.Image, m: np.ndarray, size: tuple[int, int] = ALIGNED_SIZE, resample: int = Image.BILINEAR
+) -> Image.Image:
     """Warp ``img`` with the forward transform ``m`` (source -> output pixel indices).
 
     Output pixel ``p`` samples the source at ``m^-1 p``; outside the image is black (as
@@ -74,8 +74,12 @@ def warp_affine(img: Image.Image, m: np.ndarray, size: tuple[int, int] = ALIGNED
     return img.transform(size, Image.AFFINE, data=data, resample=resample, fillcolor=(0, 0, 0))
 
 
-def align_face(img: Image.Image, landmarks: Any, template: np.ndarray = ARCFACE_TEMPLATE_112,
-               size: tuple[int, int] = ALIGNED_SIZE) -> Image.Image:
+def align_face(
+    img: Image.Image,
+    landmarks: Any,
+    template: np.ndarray = ARCFACE_TEMPLATE_112,
+    size: tuple[int, int] = ALIGNED_SIZE,
+) -> Image.Image:
     """Crop and align ``img`` (RGB) from its 5 landmarks ``[5, 2]`` to a ``size`` RGB image."""
     m = similarity_transform(np.asarray(landmarks, dtype=np.float64).reshape(-1, 2), template)
     return warp_affine(img.convert("RGB"), m, size)
@@ -87,9 +91,13 @@ class FivePointAligner:
     ``index`` maps each item (image path as a string) to its row of ``landmarks [M, 5, 2]``.
     """
 
-    def __init__(self, index: Mapping[str, int], landmarks: np.ndarray,
-                 template: np.ndarray = ARCFACE_TEMPLATE_112,
-                 size: tuple[int, int] = ALIGNED_SIZE) -> None:
+    def __init__(
+        self,
+        index: Mapping[str, int],
+        landmarks: np.ndarray,
+        template: np.ndarray = ARCFACE_TEMPLATE_112,
+        size: tuple[int, int] = ALIGNED_SIZE,
+    ) -> None:
         self.index = dict(index)
         self.landmarks = np.asarray(landmarks, dtype=np.float32).reshape(-1, 5, 2)
         self.template = np.asarray(template, dtype=np.float64)

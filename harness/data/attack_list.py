@@ -69,22 +69,29 @@ SPLITS = ("test", "train", "dev")
 BONA_FIDE_DIR = "bonafide"
 RESERVED_DIRS = ("train", "dev")
 
-_LIST_LAYOUT = ("expected a CSV list file (the test split) or a folder with test.csv "
-                "[train.csv] [dev.csv]; header path,label,attack_type[,video_id][,subject_id]")
-_FOLDERS_LAYOUT = ("expected root/bonafide/* and root/<method>/* images, optionally "
-                   "root/train/ and root/dev/ in the same layout")
+_LIST_LAYOUT = (
+    "expected a CSV list file (the test split) or a folder with test.csv "
+    "[train.csv] [dev.csv]; header path,label,attack_type[,video_id][,subject_id]"
+)
+_FOLDERS_LAYOUT = (
+    "expected root/bonafide/* and root/<method>/* images, optionally "
+    "root/train/ and root/dev/ in the same layout"
+)
 
 
 def _check_split(name: str, where: str, labels: np.ndarray) -> None:
     if not np.any(labels == 1):
-        raise DataError(f"{where}: split {name!r} has no bona fide samples; it needs both "
-                        "bona fide and attack samples")
+        raise DataError(
+            f"{where}: split {name!r} has no bona fide samples; it needs both bona fide and attack samples"
+        )
     if not np.any(labels == 0):
-        raise DataError(f"{where}: split {name!r} has no attack samples; it needs both "
-                        "bona fide and attack samples")
+        raise DataError(
+            f"{where}: split {name!r} has no attack samples; it needs both bona fide and attack samples"
+        )
 
 
 # ------------------------------------------------------------------------------------ list
+
 
 def video_id_regex(pattern: str | None, where: str) -> re.Pattern[str] | None:
     """The compiled ``video_id_pattern`` (one group), or a one-line DataError naming ``where``."""
@@ -93,11 +100,14 @@ def video_id_regex(pattern: str | None, where: str) -> re.Pattern[str] | None:
     try:
         rx = re.compile(pattern)
     except re.error as e:
-        raise DataError(f"{where}: video_id_pattern = {pattern!r} is not a regular expression "
-                        f"({e})") from None
+        raise DataError(
+            f"{where}: video_id_pattern = {pattern!r} is not a regular expression ({e})"
+        ) from None
     if rx.groups != 1:
-        raise DataError(f"{where}: video_id_pattern = {pattern!r} has {rx.groups} groups; "
-                        "expected exactly one, the video id")
+        raise DataError(
+            f"{where}: video_id_pattern = {pattern!r} has {rx.groups} groups; "
+            "expected exactly one, the video id"
+        )
     return rx
 
 
@@ -107,8 +117,7 @@ def video_ids(rx: re.Pattern[str], rel_paths: list[str], where: str) -> np.ndarr
     for rel in rel_paths:
         m = rx.search(rel)
         if m is None or m.group(1) is None:
-            raise DataError(f"{where}: path {rel!r} does not match video_id_pattern "
-                            f"{rx.pattern!r}")
+            raise DataError(f"{where}: path {rel!r} does not match video_id_pattern {rx.pattern!r}")
         out.append(m.group(1))
     return np.asarray(out, dtype=str)
 
@@ -118,8 +127,13 @@ def _inside(path: str, base_real: str) -> bool:
     return real == base_real or real.startswith(base_real.rstrip(os.sep) + os.sep)
 
 
-def read_list(csv_path: str | os.PathLike, split: str = "test", *, allow_outside_root: bool = False,
-              video_id_pattern: str | None = None) -> Split:
+def read_list(
+    csv_path: str | os.PathLike,
+    split: str = "test",
+    *,
+    allow_outside_root: bool = False,
+    video_id_pattern: str | None = None,
+) -> Split:
     """Read one list CSV into a :class:`Split` (see the module docstring for the format)."""
     csv_path = Path(csv_path)
     base = csv_path.parent
@@ -134,24 +148,30 @@ def read_list(csv_path: str | os.PathLike, split: str = "test", *, allow_outside
         reader = csv.reader(fh)
         header = next(reader, None)
         if header is None:
-            raise DataError(f"{csv_path}: empty file; expected the header "
-                            "path,label,attack_type[,video_id][,subject_id]")
+            raise DataError(
+                f"{csv_path}: empty file; expected the header path,label,attack_type[,video_id][,subject_id]"
+            )
         header = [h.strip() for h in header]
         for h in header:
             if h not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS:
-                raise DataError(f"{csv_path}: line 1: unknown column {h!r}; expected "
-                                "path,label,attack_type[,video_id][,subject_id]")
+                raise DataError(
+                    f"{csv_path}: line 1: unknown column {h!r}; expected "
+                    "path,label,attack_type[,video_id][,subject_id]"
+                )
         if len(set(header)) != len(header):
             raise DataError(f"{csv_path}: line 1: duplicate column in header {','.join(header)}")
         for h in REQUIRED_COLUMNS:
             if h not in header:
-                raise DataError(f"{csv_path}: line 1: missing column {h!r}; expected "
-                                "path,label,attack_type[,video_id][,subject_id]")
+                raise DataError(
+                    f"{csv_path}: line 1: missing column {h!r}; expected "
+                    "path,label,attack_type[,video_id][,subject_id]"
+                )
         col = {h: i for i, h in enumerate(header)}
         extra = [h for h in OPTIONAL_COLUMNS if h in col]
         if rx is not None and "video_id" in col:
-            raise DataError(f"{csv_path}: line 1: a video_id column and video_id_pattern are both "
-                            "given; keep one")
+            raise DataError(
+                f"{csv_path}: line 1: a video_id column and video_id_pattern are both given; keep one"
+            )
         paths: list[str] = []
         rels: list[str] = []
         labels: list[int] = []
@@ -169,19 +189,23 @@ def read_list(csv_path: str | os.PathLike, split: str = "test", *, allow_outside
                 raise DataError(f"{where}: empty path")
             lab = row[col["label"]].strip().lower()
             if lab not in LABELS:
-                raise DataError(f"{where}: unknown label {row[col['label']]!r}; expected "
-                                "'bonafide' or 'attack'")
+                raise DataError(
+                    f"{where}: unknown label {row[col['label']]!r}; expected 'bonafide' or 'attack'"
+                )
             atype = row[col["attack_type"]].strip()
             if lab == "bonafide" and atype:
                 raise DataError(f"{where}: bona fide row has attack_type {atype!r}; leave it empty")
             if lab == "attack" and not atype:
-                raise DataError(f"{where}: attack row has no attack_type; name the attack "
-                                "species or morphing method")
+                raise DataError(
+                    f"{where}: attack row has no attack_type; name the attack species or morphing method"
+                )
             p = Path(rel)
             full = p if p.is_absolute() else base / p
             if not allow_outside_root and (p.is_absolute() or not _inside(str(full), base_real)):
-                raise DataError(f"{where}: path {rel!r} resolves outside the list's folder "
-                                f"{base}; set allow_outside_root = true to allow it")
+                raise DataError(
+                    f"{where}: path {rel!r} resolves outside the list's folder "
+                    f"{base}; set allow_outside_root = true to allow it"
+                )
             problem = regular_file_problem(full)
             if problem is not None:
                 raise DataError(f"{where}: image {str(full)!r} {problem}")
@@ -211,23 +235,30 @@ def open_list(spec) -> Dataset:
     """``format = "list"``: a CSV file (test split) or a folder of ``test/train/dev.csv``."""
     root = Path(spec.root)
     opts = spec.options or {}
-    kw: dict[str, Any] = {"allow_outside_root": bool(opts.get("allow_outside_root", False)),
-          "video_id_pattern": opts.get("video_id_pattern")}
+    kw: dict[str, Any] = {
+        "allow_outside_root": bool(opts.get("allow_outside_root", False)),
+        "video_id_pattern": opts.get("video_id_pattern"),
+    }
     if root.is_file():
         splits = {"test": read_list(root, "test", **kw)}
     elif root.is_dir():
         if not (root / "test.csv").is_file():
-            raise DataMissing(f"{root}: no test.csv in the dataset folder "
-                              f"([datasets.{spec.id}] root in {spec.source}); {_LIST_LAYOUT}")
-        splits = {name: read_list(root / f"{name}.csv", name, **kw) for name in SPLITS
-                  if (root / f"{name}.csv").is_file()}
+            raise DataMissing(
+                f"{root}: no test.csv in the dataset folder "
+                f"([datasets.{spec.id}] root in {spec.source}); {_LIST_LAYOUT}"
+            )
+        splits = {
+            name: read_list(root / f"{name}.csv", name, **kw)
+            for name in SPLITS
+            if (root / f"{name}.csv").is_file()
+        }
     else:
-        raise DataMissing(f"{root}: not found ([datasets.{spec.id}] root in {spec.source}); "
-                          f"{_LIST_LAYOUT}")
+        raise DataMissing(f"{root}: not found ([datasets.{spec.id}] root in {spec.source}); {_LIST_LAYOUT}")
     return Dataset(id=spec.id, splits=splits, meta=_attack_meta(splits, "list", str(root)))
 
 
 # ----------------------------------------------------------------------------- mad-folders
+
 
 def _listing(folder: Path, index_dir: str | os.PathLike | None) -> dict[str, list[str]]:
     """Images below each sub-folder of ``folder`` (absolute paths, sorted) by the one lister."""
@@ -240,10 +271,15 @@ def _listing(folder: Path, index_dir: str | os.PathLike | None) -> dict[str, lis
     return out
 
 
-def read_method_folders(folder: str | os.PathLike, split: str = "test",
-                        reserved: tuple[str, ...] = (), *, root: str | os.PathLike | None = None,
-                        video_id_pattern: str | None = None,
-                        index_dir: str | os.PathLike | None = None) -> Split:
+def read_method_folders(
+    folder: str | os.PathLike,
+    split: str = "test",
+    reserved: tuple[str, ...] = (),
+    *,
+    root: str | os.PathLike | None = None,
+    video_id_pattern: str | None = None,
+    index_dir: str | os.PathLike | None = None,
+) -> Split:
     """Read ``folder/bonafide/`` + ``folder/<method>/`` into a :class:`Split`.
 
     ``root``: what ``video_id_pattern`` paths are relative to (default ``folder``).
@@ -252,14 +288,17 @@ def read_method_folders(folder: str | os.PathLike, split: str = "test",
     rx = video_id_regex(video_id_pattern, str(folder))
     bona = folder / BONA_FIDE_DIR
     if not bona.is_dir():
-        raise DataError(f"{folder}: no {BONA_FIDE_DIR}/ folder for split {split!r}; "
-                        f"{_FOLDERS_LAYOUT}")
-    methods = sorted(d.name for d in folder.iterdir()
-                     if d.is_dir() and d.name != BONA_FIDE_DIR and d.name not in reserved
-                     and not d.name.startswith("."))
+        raise DataError(f"{folder}: no {BONA_FIDE_DIR}/ folder for split {split!r}; {_FOLDERS_LAYOUT}")
+    methods = sorted(
+        d.name
+        for d in folder.iterdir()
+        if d.is_dir() and d.name != BONA_FIDE_DIR and d.name not in reserved and not d.name.startswith(".")
+    )
     if not methods:
-        raise DataError(f"{folder}: split {split!r} has no attack samples: no <method>/ folder "
-                        f"beside {BONA_FIDE_DIR}/; {_FOLDERS_LAYOUT}")
+        raise DataError(
+            f"{folder}: split {split!r} has no attack samples: no <method>/ folder "
+            f"beside {BONA_FIDE_DIR}/; {_FOLDERS_LAYOUT}"
+        )
     listing = _listing(folder, index_dir)
     paths = list(listing.get(BONA_FIDE_DIR, []))
     if not paths:
@@ -276,8 +315,9 @@ def read_method_folders(folder: str | os.PathLike, split: str = "test",
     meta = {"attack_type": np.asarray(types, dtype=str)}
     if rx is not None:
         base = os.fspath(root if root is not None else folder)
-        meta["video_id"] = video_ids(rx, [os.path.relpath(p, base).replace(os.sep, "/")
-                                          for p in paths], str(folder))
+        meta["video_id"] = video_ids(
+            rx, [os.path.relpath(p, base).replace(os.sep, "/") for p in paths], str(folder)
+        )
     return Split(name=split, items=paths, labels=y, meta=meta)
 
 
@@ -286,10 +326,14 @@ def open_mad_folders(spec, index_dir: str | os.PathLike | None = None) -> Datase
     """``format = "mad-folders"``: ``root/bonafide/``, ``root/<method>/`` [+ ``root/train/``, ``root/dev/``]."""
     root = Path(spec.root)
     if not root.is_dir():
-        raise DataMissing(f"{root}: not found ([datasets.{spec.id}] root in {spec.source}); "
-                          f"{_FOLDERS_LAYOUT}")
-    kw: dict[str, Any] = {"root": root, "video_id_pattern": (spec.options or {}).get("video_id_pattern"),
-          "index_dir": index_dir}
+        raise DataMissing(
+            f"{root}: not found ([datasets.{spec.id}] root in {spec.source}); {_FOLDERS_LAYOUT}"
+        )
+    kw: dict[str, Any] = {
+        "root": root,
+        "video_id_pattern": (spec.options or {}).get("video_id_pattern"),
+        "index_dir": index_dir,
+    }
     splits = {"test": read_method_folders(root, "test", reserved=RESERVED_DIRS, **kw)}
     for name in RESERVED_DIRS:
         if (root / name).is_dir():

@@ -23,8 +23,16 @@ from harness.data.files import decode_image
 from harness.data.registry import formats, register_format
 from harness.errors import HarnessError
 
-__all__ = ["Dataset", "Split", "dataset_root", "decode_image", "file_fingerprint", "formats",
-           "item_fingerprint", "register_format"]
+__all__ = [
+    "Dataset",
+    "Split",
+    "dataset_root",
+    "decode_image",
+    "file_fingerprint",
+    "formats",
+    "item_fingerprint",
+    "register_format",
+]
 
 
 @dataclass
@@ -103,9 +111,7 @@ class Dataset:
 
     def split(self, name: str) -> Split:
         if name not in self.splits:
-            raise HarnessError(
-                f"dataset {self.id!r} has no split {name!r}; it has {sorted(self.splits)}"
-            )
+            raise HarnessError(f"dataset {self.id!r} has no split {name!r}; it has {sorted(self.splits)}")
         return self.splits[name]
 
 

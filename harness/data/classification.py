@@ -87,6 +87,7 @@ from harness.safe_pickle import safe_load
 
 # ----------------------------------------------------------------------------------- helpers
 
+
 class _Absent(Exception):
     """A file or folder of the layout is missing (turned into DataMissing by the opener)."""
 
@@ -104,7 +105,7 @@ def _need(path: Path) -> Path:
 class _Loaded(NamedTuple):
     classes: list[str]
     splits: dict[str, Split]
-    meta: dict[str, Any] = {}  # noqa: RUF012 (never mutated)
+    meta: dict[str, Any] = {}
 
 
 @dataclass(frozen=True)
@@ -115,14 +116,15 @@ class _Ctx:
     index_dir: str | os.PathLike | None = None
 
 
-def _path_split(name: str, items: Sequence[os.PathLike | str],
-                labels: Sequence[int] | np.ndarray) -> Split:
+def _path_split(name: str, items: Sequence[os.PathLike | str], labels: Sequence[int] | np.ndarray) -> Split:
     """A split of listed image files; a listed file that does not exist is a DataError."""
     items = [os.fspath(p) for p in items]
     missing = [p for p in items if not os.path.exists(p)]
     if missing:
-        raise DataError(f"{len(missing)} of the {len(items)} images listed for split {name!r} "
-                        f"are missing, e.g. {missing[0]}")
+        raise DataError(
+            f"{len(missing)} of the {len(items)} images listed for split {name!r} "
+            f"are missing, e.g. {missing[0]}"
+        )
     return Split(name, items, np.asarray(labels, dtype=np.int64))
 
 
@@ -136,11 +138,12 @@ def _loadmat(path: Path) -> dict[str, Any]:
     try:
         from scipy.io import loadmat
     except ImportError:  # pragma: no cover - scipy comes with scikit-learn
-        raise DataError(f"{path}: reading MATLAB .mat files needs scipy, which is not "
-                        "installed (pip install scipy)") from None
+        raise DataError(
+            f"{path}: reading MATLAB .mat files needs scipy, which is not installed (pip install scipy)"
+        ) from None
     try:
         return loadmat(path, squeeze_me=True)
-    except Exception as e:  # noqa: BLE001 - scipy raises assorted errors on a corrupt file
+    except Exception as e:
         raise DataError(f"{path}: not a readable .mat file ({e})") from None
 
 
@@ -158,17 +161,22 @@ class ArrayImages:
     image's axes into (H, W[, C]).
     """
 
-    def __init__(self, array: np.ndarray | None = None, *, path: str | None = None,
-                 offset: int = 0, shape: tuple[int, ...] | None = None,
-                 axes: tuple[int, ...] | None = None):
+    def __init__(
+        self,
+        array: np.ndarray | None = None,
+        *,
+        path: str | None = None,
+        offset: int = 0,
+        shape: tuple[int, ...] | None = None,
+        axes: tuple[int, ...] | None = None,
+    ):
         self._array = array
         self.path, self.offset, self.shape, self.axes = path, offset, shape, axes
 
     def array(self) -> np.ndarray:
         if self._array is None:
             assert self.path is not None
-            self._array = np.memmap(self.path, dtype=np.uint8, mode="r", offset=self.offset,
-                                    shape=self.shape)
+            self._array = np.memmap(self.path, dtype=np.uint8, mode="r", offset=self.offset, shape=self.shape)
         return self._array
 
     def __call__(self, i: int) -> Image.Image:
@@ -184,16 +192,24 @@ class ArrayImages:
         return state
 
 
-def _array_split(name: str, reader: ArrayImages, n: int, labels: np.ndarray,
-                 sources: Sequence[Path]) -> Split:
+def _array_split(
+    name: str, reader: ArrayImages, n: int, labels: np.ndarray, sources: Sequence[Path]
+) -> Split:
     if len(labels) != n:
-        raise DataError(f"split {name!r}: {n} images but {len(labels)} labels in "
-                        f"{', '.join(map(str, sources))}")
-    return Split(name, range(n), np.asarray(labels, dtype=np.int64), reader=reader,
-                 fingerprint_parts=[file_fingerprint(p) for p in sources])
+        raise DataError(
+            f"split {name!r}: {n} images but {len(labels)} labels in {', '.join(map(str, sources))}"
+        )
+    return Split(
+        name,
+        range(n),
+        np.asarray(labels, dtype=np.int64),
+        reader=reader,
+        fingerprint_parts=[file_fingerprint(p) for p in sources],
+    )
 
 
 # ------------------------------------------------------------------------ restricted pickles
+
 
 def load_plain_pickle(path: Path) -> Any:
     """Unpickle a file that may hold only containers, str/bytes/numbers and numeric arrays.
@@ -213,6 +229,7 @@ def _pickle_dict(path: Path) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------- the loaders
 
+
 def _food101(root: Path) -> _Loaded:
     base = root / "food-101"
     metas = {}
@@ -224,8 +241,9 @@ def _food101(root: Path) -> _Loaded:
     splits = {}
     for s, meta in metas.items():
         if sorted(meta) != classes:
-            raise DataError(f"{base / 'meta' / 'train.json'} and {base / 'meta' / 'test.json'} "
-                            "list different classes")
+            raise DataError(
+                f"{base / 'meta' / 'train.json'} and {base / 'meta' / 'test.json'} list different classes"
+            )
         items, labels = [], []
         for i, cls in enumerate(classes):
             items += [images.joinpath(*f"{rel}.jpg".split("/")) for rel in meta[cls]]
@@ -234,8 +252,14 @@ def _food101(root: Path) -> _Loaded:
     return _Loaded(classes, splits)
 
 
-def _cifar(folder: str, files: dict[str, tuple[str, ...]], meta_file: str, names_key: str,
-           labels_key: str, root: Path) -> _Loaded:
+def _cifar(
+    folder: str,
+    files: dict[str, tuple[str, ...]],
+    meta_file: str,
+    names_key: str,
+    labels_key: str,
+    root: Path,
+) -> _Loaded:
     base = root / folder
     paths = {s: [_need(base / f) for f in fs] for s, fs in files.items()}
     meta_path = _need(base / meta_file)
@@ -249,15 +273,21 @@ def _cifar(folder: str, files: dict[str, tuple[str, ...]], meta_file: str, names
         for p in batch_paths:
             d = _pickle_dict(p)
             x, y = d.get("data"), d.get(labels_key)
-            if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 2 \
-                    or x.shape[1] != 3 * 32 * 32 or not isinstance(y, list) or len(y) != len(x):
-                raise DataError(f"{p}: expected 'data' uint8 [N, 3072] and {labels_key!r} a list "
-                                "of N labels")
+            if (
+                not isinstance(x, np.ndarray)
+                or x.dtype != np.uint8
+                or x.ndim != 2
+                or x.shape[1] != 3 * 32 * 32
+                or not isinstance(y, list)
+                or len(y) != len(x)
+            ):
+                raise DataError(f"{p}: expected 'data' uint8 [N, 3072] and {labels_key!r} a list of N labels")
             data.append(x)
             labels.extend(y)
         arr = np.concatenate(data).reshape(-1, 3, 32, 32)
-        splits[s] = _array_split(s, ArrayImages(arr, axes=(1, 2, 0)), len(arr),
-                                 np.asarray(labels), batch_paths)
+        splits[s] = _array_split(
+            s, ArrayImages(arr, axes=(1, 2, 0)), len(arr), np.asarray(labels), batch_paths
+        )
     return _Loaded(list(classes), splits)
 
 
@@ -287,14 +317,17 @@ def _sun397(root: Path, ctx: _Ctx = _Ctx()) -> _Loaded:
             labels.append(index[cls])
         if not items:
             raise _Absent(base / "<letter>/<class>/sun_*.jpg")
-        rule = ("all images, train = test (sun397_split = 'all', as CLIP_benchmark's torchvision "
-                "SUN397); not comparable with partition-01 numbers")
+        rule = (
+            "all images, train = test (sun397_split = 'all', as CLIP_benchmark's torchvision "
+            "SUN397); not comparable with partition-01 numbers"
+        )
         test = Split("test", [os.fspath(p) for p in items], np.asarray(labels, dtype=np.int64))
         train = Split("train", test.items, test.labels)
         return _Loaded(classes, {"train": train, "test": test}, {"split_rule": rule})
     part_dirs = (base, base / "Partitions", root, root / "Partitions")
-    part = next((d for d in part_dirs
-                 if (d / "Training_01.txt").is_file() and (d / "Testing_01.txt").is_file()), None)
+    part = next(
+        (d for d in part_dirs if (d / "Training_01.txt").is_file() and (d / "Testing_01.txt").is_file()), None
+    )
     splits = {}
     if part is not None:
         rule = f"official partition 01 ({part / 'Training_01.txt'}, {part / 'Testing_01.txt'})"
@@ -330,16 +363,19 @@ def _cars(root: Path) -> _Loaded:
     devkit = base / "devkit"
     classes = [str(c) for c in np.atleast_1d(_loadmat(devkit / "cars_meta.mat")["class_names"])]
     splits = {}
-    for s, annos, images in (("train", devkit / "cars_train_annos.mat", base / "cars_train"),
-                             ("test", base / "cars_test_annos_withlabels.mat", base / "cars_test")):
+    for s, annos, images in (
+        ("train", devkit / "cars_train_annos.mat", base / "cars_train"),
+        ("test", base / "cars_test_annos_withlabels.mat", base / "cars_test"),
+    ):
         _need(images)
         records = np.atleast_1d(_loadmat(annos)["annotations"])
         try:
             items = [images / str(r["fname"]) for r in records]
             labels = [int(r["class"]) - 1 for r in records]
         except (ValueError, IndexError, TypeError) as e:
-            raise DataError(f"{annos}: expected an 'annotations' struct with fname and class "
-                            f"fields ({e})") from None
+            raise DataError(
+                f"{annos}: expected an 'annotations' struct with fname and class fields ({e})"
+            ) from None
         splits[s] = _path_split(s, items, labels)
     return _Loaded(classes, splits)
 
@@ -366,12 +402,16 @@ def _fgvc_aircraft(root: Path) -> _Loaded:
 def _dtd(root: Path) -> _Loaded:
     base = root / "dtd" / "dtd"
     images = _need(base / "images")
-    listed = {s: [line.split("/", 1) for line in _lines(base / "labels" / f"{s}1.txt")]
-              for s in ("train", "val", "test")}
+    listed = {
+        s: [line.split("/", 1) for line in _lines(base / "labels" / f"{s}1.txt")]
+        for s in ("train", "val", "test")
+    }
     classes = sorted({cls for rows in listed.values() for cls, _ in rows})
     index = {c: i for i, c in enumerate(classes)}
-    splits = {s: _path_split(s, [images / cls / name for cls, name in rows],
-                             [index[cls] for cls, _ in rows]) for s, rows in listed.items()}
+    splits = {
+        s: _path_split(s, [images / cls / name for cls, name in rows], [index[cls] for cls, _ in rows])
+        for s, rows in listed.items()
+    }
     return _Loaded(classes, splits)
 
 
@@ -400,7 +440,7 @@ def _idx(raw: Path, stem: str) -> tuple[np.ndarray | None, tuple[int, ...], int,
             head = f.read(4 + 4 * nd)
         size = os.path.getsize(path)
     else:
-        head, size = data[:4 + 4 * nd], len(data)
+        head, size = data[: 4 + 4 * nd], len(data)
     shape = tuple(int(x) for x in np.frombuffer(head[4:], dtype=">u4"))
     offset = 4 + 4 * nd
     if len(shape) != nd or size - offset != int(np.prod(shape)):
@@ -418,8 +458,11 @@ def _mnist(root: Path) -> _Loaded:
         if len(shape) != 3 or len(lshape) != 1:
             raise DataError(f"{img_path}, {lab_path}: expected [N, H, W] images and [N] labels")
         labels = lab if lab is not None else np.fromfile(lab_path, np.uint8, offset=loff)
-        reader = ArrayImages(array) if array is not None else \
-            ArrayImages(path=str(img_path), offset=offset, shape=shape)
+        reader = (
+            ArrayImages(array)
+            if array is not None
+            else ArrayImages(path=str(img_path), offset=offset, shape=shape)
+        )
         splits[s] = _array_split(s, reader, shape[0], labels, [img_path, lab_path])
     return _Loaded(_names("mnist"), splits)
 
@@ -435,8 +478,10 @@ def _flowers(root: Path) -> _Loaded:
             raise DataError(f"{base / 'setid.mat'}: no {key!r} array (expected trnid, valid, tstid)")
         ids = np.atleast_1d(setid[key]).astype(np.int64)
         if ids.size and (ids.min() < 1 or ids.max() > len(labels)):
-            raise DataError(f"{base / 'setid.mat'}: {key} holds image ids outside 1..{len(labels)}"
-                            " (the length of imagelabels.mat)")
+            raise DataError(
+                f"{base / 'setid.mat'}: {key} holds image ids outside 1..{len(labels)}"
+                " (the length of imagelabels.mat)"
+            )
         splits[s] = _path_split(s, [images / f"image_{i:05d}.jpg" for i in ids], labels[ids - 1])
     return _Loaded(_names("flowers"), splits)
 
@@ -472,8 +517,7 @@ def _gtsrb(root: Path, ctx: _Ctx = _Ctx()) -> _Loaded:
             raise DataError(f"{train_dir}: class folder {folder!r} is not 00000..{len(classes) - 1:05d}")
         return int(folder)
 
-    train = folder_split("train", train_dir, classes, label_of, extensions=(".ppm",),
-                         index_dir=ctx.index_dir)
+    train = folder_split("train", train_dir, classes, label_of, extensions=(".ppm",), index_dir=ctx.index_dir)
     with open(csv_path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f, delimiter=";", skipinitialspace=True))
     try:
@@ -484,8 +528,13 @@ def _gtsrb(root: Path, ctx: _Ctx = _Ctx()) -> _Loaded:
     return _Loaded(classes, {"train": train, "test": _path_split("test", items, labels)})
 
 
-def _split_folders(base: Path, folders: dict[str, str], fixed: Sequence[str] | None = None,
-                   extensions: Sequence[str] | None = None, ctx: _Ctx = _Ctx()) -> _Loaded:
+def _split_folders(
+    base: Path,
+    folders: dict[str, str],
+    fixed: Sequence[str] | None = None,
+    extensions: Sequence[str] | None = None,
+    ctx: _Ctx = _Ctx(),
+) -> _Loaded:
     """Splits ``base/<folder>/<class>/*``; classes from the test folder unless ``fixed``."""
     dirs = {s: _need(base / f) for s, f in folders.items()}
     classes = list(fixed) if fixed is not None else class_folders(dirs["test"])
@@ -494,30 +543,36 @@ def _split_folders(base: Path, folders: dict[str, str], fixed: Sequence[str] | N
         if fixed is None:
             check_same_classes(dirs["test"], classes, d, found)
         elif not set(found) <= set(classes):
-            raise DataError(f"{d}: unexpected class folders {sorted(set(found) - set(classes))}; "
-                            f"expected {list(classes)}")
+            raise DataError(
+                f"{d}: unexpected class folders {sorted(set(found) - set(classes))}; expected {list(classes)}"
+            )
     kw: dict[str, Any] = {"extensions": tuple(extensions)} if extensions else {}
     splits = {s: folder_split(s, d, classes, index_dir=ctx.index_dir, **kw) for s, d in dirs.items()}
     return _Loaded(classes, splits)
 
 
 def _country211(root: Path, ctx: _Ctx = _Ctx()) -> _Loaded:
-    return _split_folders(root / "country211", {"train": "train", "val": "valid", "test": "test"},
-                          ctx=ctx)
+    return _split_folders(root / "country211", {"train": "train", "val": "valid", "test": "test"}, ctx=ctx)
 
 
 def _renderedsst2(root: Path, ctx: _Ctx = _Ctx()) -> _Loaded:
-    return _split_folders(root / "rendered-sst2", {"train": "train", "val": "valid", "test": "test"},
-                          fixed=("negative", "positive"), extensions=(".png",), ctx=ctx)
+    return _split_folders(
+        root / "rendered-sst2",
+        {"train": "train", "val": "valid", "test": "test"},
+        fixed=("negative", "positive"),
+        extensions=(".png",),
+        ctx=ctx,
+    )
 
 
-IMAGENETV2_FOLDERS = ("imagenetv2-matched-frequency-format-val",  # the tarball's folder
-                      "ImageNetV2-matched-frequency")  # CLIP_benchmark's / imagenetv2_pytorch's
+IMAGENETV2_FOLDERS = (
+    "imagenetv2-matched-frequency-format-val",  # the tarball's folder
+    "ImageNetV2-matched-frequency",
+)  # CLIP_benchmark's / imagenetv2_pytorch's
 
 
 def _imagenetv2(root: Path, ctx: _Ctx = _Ctx()) -> _Loaded:
-    folder = next((root / n for n in IMAGENETV2_FOLDERS if (root / n).is_dir()),
-                  root / IMAGENETV2_FOLDERS[0])
+    folder = next((root / n for n in IMAGENETV2_FOLDERS if (root / n).is_dir()), root / IMAGENETV2_FOLDERS[0])
     if not folder.is_dir() and root.is_dir() and any(n.isdigit() for n in class_folders(root)):
         folder = root  # the class folders directly under root
     classes = [str(i) for i in range(1000)]
@@ -527,8 +582,9 @@ def _imagenetv2(root: Path, ctx: _Ctx = _Ctx()) -> _Loaded:
             raise DataError(f"{folder}: class folder {name!r} is not a number 0..999")
         return int(name)
 
-    return _Loaded(classes, {"test": folder_split("test", _need(folder), classes, label_of,
-                                                  index_dir=ctx.index_dir)})
+    return _Loaded(
+        classes, {"test": folder_split("test", _need(folder), classes, label_of, index_dir=ctx.index_dir)}
+    )
 
 
 def _imagenet1k(root: Path, ctx: _Ctx = _Ctx()) -> _Loaded:
@@ -540,75 +596,155 @@ def _imagenet1k(root: Path, ctx: _Ctx = _Ctx()) -> _Loaded:
 
 # ------------------------------------------------------------------------------- the table
 
+
 @dataclass(frozen=True)
 class _Format:
     name: str
-    origin: str                       # whose layout is read, for messages
-    layout: str                       # what must be under root
-    load: Callable[..., _Loaded]      # load(root[, ctx=_Ctx(...)])
-    torchvision: str | None = None    # class that can download it (download = true)
+    origin: str  # whose layout is read, for messages
+    layout: str  # what must be under root
+    load: Callable[..., _Loaded]  # load(root[, ctx=_Ctx(...)])
+    torchvision: str | None = None  # class that can download it (download = true)
     download: tuple[dict, ...] = field(default_factory=tuple)
 
 
 _CIFAR10 = functools.partial(
-    _cifar, "cifar-10-batches-py",
+    _cifar,
+    "cifar-10-batches-py",
     {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)},
-    "batches.meta", "label_names", "labels")
+    "batches.meta",
+    "label_names",
+    "labels",
+)
 _CIFAR100 = functools.partial(
-    _cifar, "cifar-100-python", {"train": ("train",), "test": ("test",)},
-    "meta", "fine_label_names", "fine_labels")
+    _cifar,
+    "cifar-100-python",
+    {"train": ("train",), "test": ("test",)},
+    "meta",
+    "fine_label_names",
+    "fine_labels",
+)
 
 FORMATS: tuple[_Format, ...] = (
-    _Format("food101", "torchvision Food101",
-            "root/food-101/meta/{train,test}.json and root/food-101/images/<class>/<id>.jpg",
-            _food101, "Food101", ({"split": "train"}, {"split": "test"})),
-    _Format("cifar10", "torchvision CIFAR10",
-            "root/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}",
-            _CIFAR10, "CIFAR10", ({"train": True},)),
-    _Format("cifar100", "torchvision CIFAR100", "root/cifar-100-python/{train,test,meta}",
-            _CIFAR100, "CIFAR100", ({"train": True},)),
-    _Format("sun397", "torchvision SUN397",
-            "root/SUN397/ClassName.txt and root/SUN397/<letter>/<class>/sun_*.jpg (optionally "
-            "Training_01.txt + Testing_01.txt in root/SUN397/)",
-            _sun397, "SUN397", ({},)),
-    _Format("cars", "torchvision StanfordCars",
-            "root/stanford_cars/devkit/{cars_meta.mat,cars_train_annos.mat}, "
-            "root/stanford_cars/cars_test_annos_withlabels.mat, root/stanford_cars/cars_{train,test}/",
-            _cars),
-    _Format("fgvc_aircraft", "torchvision FGVCAircraft",
-            "root/fgvc-aircraft-2013b/data/{variants.txt,images_variant_{train,val,test}.txt,images/}",
-            _fgvc_aircraft, "FGVCAircraft", ({},)),
-    _Format("dtd", "torchvision DTD",
-            "root/dtd/dtd/labels/{train1,val1,test1}.txt and root/dtd/dtd/images/<class>/",
-            _dtd, "DTD", ({},)),
-    _Format("mnist", "torchvision MNIST",
-            "root/MNIST/raw/{train,t10k}-images-idx3-ubyte[.gz] and "
-            "root/MNIST/raw/{train,t10k}-labels-idx1-ubyte[.gz]",
-            _mnist, "MNIST", ({"train": True}, {"train": False})),
-    _Format("flowers", "torchvision Flowers102",
-            "root/flowers-102/jpg/image_NNNNN.jpg, root/flowers-102/{imagelabels.mat,setid.mat}",
-            _flowers, "Flowers102", ({},)),
-    _Format("stl10", "torchvision STL10",
-            "root/stl10_binary/{train_X.bin,train_y.bin,test_X.bin,test_y.bin,class_names.txt}",
-            _stl10, "STL10", ({},)),
-    _Format("gtsrb", "torchvision GTSRB",
-            "root/gtsrb/GTSRB/Training/<000NN>/*.ppm, root/gtsrb/GTSRB/Final_Test/Images/*.ppm, "
-            "root/gtsrb/GT-final_test.csv",
-            _gtsrb, "GTSRB", ({"split": "train"}, {"split": "test"})),
-    _Format("country211", "torchvision Country211",
-            "root/country211/{train,valid,test}/<ISO code>/*.jpg",
-            _country211, "Country211", ({},)),
-    _Format("renderedsst2", "torchvision RenderedSST2",
-            "root/rendered-sst2/{train,valid,test}/{negative,positive}/*.png",
-            _renderedsst2, "RenderedSST2", ({},)),
-    _Format("imagenetv2", "imagenetv2_pytorch matched-frequency",
-            "root/imagenetv2-matched-frequency-format-val/<0..999>/*.jpeg, or "
-            "root/ImageNetV2-matched-frequency/<0..999>/*.jpeg (CLIP_benchmark's and "
-            "imagenetv2_pytorch's name), or the numbered class folders directly in root",
-            _imagenetv2),
-    _Format("imagenet1k", "torchvision ImageNet (extracted)",
-            "root/val/<wnid>/*.JPEG, optionally root/train/<wnid>/*.JPEG; classes sorted by wnid",
-            _imagenet1k),
+    _Format(
+        "food101",
+        "torchvision Food101",
+        "root/food-101/meta/{train,test}.json and root/food-101/images/<class>/<id>.jpg",
+        _food101,
+        "Food101",
+        ({"split": "train"}, {"split": "test"}),
+    ),
+    _Format(
+        "cifar10",
+        "torchvision CIFAR10",
+        "root/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}",
+        _CIFAR10,
+        "CIFAR10",
+        ({"train": True},),
+    ),
+    _Format(
+        "cifar100",
+        "torchvision CIFAR100",
+        "root/cifar-100-python/{train,test,meta}",
+        _CIFAR100,
+        "CIFAR100",
+        ({"train": True},),
+    ),
+    _Format(
+        "sun397",
+        "torchvision SUN397",
+        "root/SUN397/ClassName.txt and root/SUN397/<letter>/<class>/sun_*.jpg (optionally "
+        "Training_01.txt + Testing_01.txt in root/SUN397/)",
+        _sun397,
+        "SUN397",
+        ({},),
+    ),
+    _Format(
+        "cars",
+        "torchvision StanfordCars",
+        "root/stanford_cars/devkit/{cars_meta.mat,cars_train_annos.mat}, "
+        "root/stanford_cars/cars_test_annos_withlabels.mat, root/stanford_cars/cars_{train,test}/",
+        _cars,
+    ),
+    _Format(
+        "fgvc_aircraft",
+        "torchvision FGVCAircraft",
+        "root/fgvc-aircraft-2013b/data/{variants.txt,images_variant_{train,val,test}.txt,images/}",
+        _fgvc_aircraft,
+        "FGVCAircraft",
+        ({},),
+    ),
+    _Format(
+        "dtd",
+        "torchvision DTD",
+        "root/dtd/dtd/labels/{train1,val1,test1}.txt and root/dtd/dtd/images/<class>/",
+        _dtd,
+        "DTD",
+        ({},),
+    ),
+    _Format(
+        "mnist",
+        "torchvision MNIST",
+        "root/MNIST/raw/{train,t10k}-images-idx3-ubyte[.gz] and "
+        "root/MNIST/raw/{train,t10k}-labels-idx1-ubyte[.gz]",
+        _mnist,
+        "MNIST",
+        ({"train": True}, {"train": False}),
+    ),
+    _Format(
+        "flowers",
+        "torchvision Flowers102",
+        "root/flowers-102/jpg/image_NNNNN.jpg, root/flowers-102/{imagelabels.mat,setid.mat}",
+        _flowers,
+        "Flowers102",
+        ({},),
+    ),
+    _Format(
+        "stl10",
+        "torchvision STL10",
+        "root/stl10_binary/{train_X.bin,train_y.bin,test_X.bin,test_y.bin,class_names.txt}",
+        _stl10,
+        "STL10",
+        ({},),
+    ),
+    _Format(
+        "gtsrb",
+        "torchvision GTSRB",
+        "root/gtsrb/GTSRB/Training/<000NN>/*.ppm, root/gtsrb/GTSRB/Final_Test/Images/*.ppm, "
+        "root/gtsrb/GT-final_test.csv",
+        _gtsrb,
+        "GTSRB",
+        ({"split": "train"}, {"split": "test"}),
+    ),
+    _Format(
+        "country211",
+        "torchvision Country211",
+        "root/country211/{train,valid,test}/<ISO code>/*.jpg",
+        _country211,
+        "Country211",
+        ({},),
+    ),
+    _Format(
+        "renderedsst2",
+        "torchvision RenderedSST2",
+        "root/rendered-sst2/{train,valid,test}/{negative,positive}/*.png",
+        _renderedsst2,
+        "RenderedSST2",
+        ({},),
+    ),
+    _Format(
+        "imagenetv2",
+        "imagenetv2_pytorch matched-frequency",
+        "root/imagenetv2-matched-frequency-format-val/<0..999>/*.jpeg, or "
+        "root/ImageNetV2-matched-frequency/<0..999>/*.jpeg (CLIP_benchmark's and "
+        "imagenetv2_pytorch's name), or the numbered class folders directly in root",
+        _imagenetv2,
+    ),
+    _Format(
+        "imagenet1k",
+        "torchvision ImageNet (extracted)",
+        "root/val/<wnid>/*.JPEG, optionally root/train/<wnid>/*.JPEG; classes sorted by wnid",
+        _imagenet1k,
+    ),
 )
 
 
@@ -619,10 +755,12 @@ def _download(fmt: _Format, spec) -> None:
         cls = getattr(tvd, str(fmt.torchvision))
         for kw in fmt.download:
             cls(root=spec.root, download=True, **kw)
-    except Exception as e:  # noqa: BLE001 - any download failure leaves the data missing
-        raise DataMissing(f"[datasets.{spec.id}] download = true: torchvision {fmt.torchvision} "
-                          f"could not fetch it into {spec.root} ({type(e).__name__}: {e}); "
-                          f"expected {fmt.layout}") from None
+    except Exception as e:
+        raise DataMissing(
+            f"[datasets.{spec.id}] download = true: torchvision {fmt.torchvision} "
+            f"could not fetch it into {spec.root} ({type(e).__name__}: {e}); "
+            f"expected {fmt.layout}"
+        ) from None
 
 
 def _open(fmt: _Format, spec, index_dir: str | os.PathLike | None = None) -> Dataset:
@@ -640,8 +778,9 @@ def _open(fmt: _Format, spec, index_dir: str | os.PathLike | None = None) -> Dat
             _download(fmt, spec)
             loaded = fmt.load(root, **kw)
     except _Absent as e:
-        raise DataMissing(f"{where}: {e.path} not found; expected {fmt.layout} "
-                          f"({fmt.origin} layout)") from None
+        raise DataMissing(
+            f"{where}: {e.path} not found; expected {fmt.layout} ({fmt.origin} layout)"
+        ) from None
     except UnsafePickleError:
         raise
     except DataError as e:
@@ -649,13 +788,16 @@ def _open(fmt: _Format, spec, index_dir: str | os.PathLike | None = None) -> Dat
     n = len(loaded.classes)
     for split in loaded.splits.values():
         if len(split) == 0:
-            raise DataMissing(f"{where}: split {split.name!r} has no images; expected "
-                              f"{fmt.layout} ({fmt.origin} layout)")
+            raise DataMissing(
+                f"{where}: split {split.name!r} has no images; expected {fmt.layout} ({fmt.origin} layout)"
+            )
         labels = np.asarray(split.labels)
         bad = (labels < 0) | (labels >= n)
         if bad.any():
-            raise DataError(f"{where} ({fmt.name}): split {split.name!r} has label "
-                            f"{int(labels[bad][0])} outside 0..{n - 1} ({n} classes)")
+            raise DataError(
+                f"{where} ({fmt.name}): split {split.name!r} has label "
+                f"{int(labels[bad][0])} outside 0..{n - 1} ({n} classes)"
+            )
     meta = {"format": fmt.name, "layout": fmt.layout, **loaded.meta}
     notes = [n for sp in loaded.splits.values() for n in sp.notes]
     if notes:

@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import numpy as np
 
-ARCFACE_TEMPLATE_112 = np.array([
-    [30.2946 + 8.0, 51.6963],
-    [65.5318 + 8.0, 51.5014],
-    [48.0252 + 8.0, 71.7366],
-    [33.5493 + 8.0, 92.3655],
-    [62.7299 + 8.0, 92.2041],
-], dtype=np.float64)
+ARCFACE_TEMPLATE_112 = np.array(
+    [
+        [30.2946 + 8.0, 51.6963],
+        [65.5318 + 8.0, 51.5014],
+        [48.0252 + 8.0, 71.7366],
+        [33.5493 + 8.0, 92.3655],
+        [62.7299 + 8.0, 92.2041],
+    ],
+    dtype=np.float64,
+)
 ARCFACE_TEMPLATE_112.setflags(write=False)
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

@@ -60,9 +60,13 @@ def is_image(name: str, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> bool:
 
 def kind_of(mode: int) -> str:
     """A file type in words, for messages."""
-    for test, word in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
-                       (stat.S_ISDIR, "a directory")):
+    for test, word in (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISDIR, "a directory"),
+    ):
         if test(mode):
             return word
     return "not a regular file"
@@ -82,6 +86,7 @@ def regular_file_problem(path: str | os.PathLike) -> str | None:
 
 
 # ---------------------------------------------------------------------------------- listing
+
 
 @dataclass
 class Tree:
@@ -124,8 +129,10 @@ def scan_tree(top: str | os.PathLike, extensions: Sequence[str] = IMAGE_EXTENSIO
         key = (st.st_dev, st.st_ino)
         if key in seen:
             first = os.path.join(top, seen[key]) if seen[key] else top
-            note = (f"{path}: skipped, a link to the folder {first} that is already listed "
-                    f"(symlink loop or second link); counted once")
+            note = (
+                f"{path}: skipped, a link to the folder {first} that is already listed "
+                f"(symlink loop or second link); counted once"
+            )
             tree.notes.append(note)
             log.warning("%s", note)
             continue
@@ -176,6 +183,7 @@ def list_images(folder: str | os.PathLike, extensions: Sequence[str] = IMAGE_EXT
 
 # --------------------------------------------------------------------------------- reading
 
+
 def open_regular(path: str | os.PathLike, limit: int | None = None, what: str = "file") -> bytes:
     """The bytes of a regular file, opened without blocking; at most ``limit`` bytes.
 
@@ -194,8 +202,7 @@ def open_regular(path: str | os.PathLike, limit: int | None = None, what: str = 
         if not stat.S_ISREG(st.st_mode):
             raise DataError(f"{p}: {what} is not a regular file ({kind_of(st.st_mode)})")
         if limit is not None and st.st_size > limit:
-            raise DataError(f"{p}: {what} is {st.st_size:,} bytes, above the limit of "
-                            f"{limit:,} bytes")
+            raise DataError(f"{p}: {what} is {st.st_size:,} bytes, above the limit of {limit:,} bytes")
         data = f.read() if limit is None else f.read(limit + 1)
     if limit is not None and len(data) > limit:
         raise DataError(f"{p}: {what} grew above the limit of {limit:,} bytes while read")
@@ -208,8 +215,9 @@ def read_option_text(path: str | os.PathLike, what: str = "option file") -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise DataError(f"{os.fspath(path)}: {what} is not UTF-8 text ({e.reason} at byte "
-                        f"{e.start})") from None
+        raise DataError(
+            f"{os.fspath(path)}: {what} is not UTF-8 text ({e.reason} at byte {e.start})"
+        ) from None
 
 
 def _open_pil(source: Any, name: str) -> Image.Image:
@@ -218,9 +226,10 @@ def _open_pil(source: Any, name: str) -> Image.Image:
         try:
             img = Image.open(source)
         except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
-            raise UnreadableImage(f"{name}: refused, more pixels than the limit "
-                                  f"Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS:,} ({e})"
-                                  ) from None
+            raise UnreadableImage(
+                f"{name}: refused, more pixels than the limit "
+                f"Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS:,} ({e})"
+            ) from None
     return img
 
 

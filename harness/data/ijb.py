@@ -43,14 +43,18 @@ from harness.data.base import (
 from harness.errors import DataError, DataMissing
 
 SETS = ("ijbb", "ijbc")
-LAYOUT = ("root/meta/{ijbb|ijbc}_face_tid_mid.txt, root/meta/{ijbb|ijbc}_template_pair_label.txt, "
-          "root/meta/{ijbb|ijbc}_name_5pts_score.txt and root/loose_crop/<images>")
+LAYOUT = (
+    "root/meta/{ijbb|ijbc}_face_tid_mid.txt, root/meta/{ijbb|ijbc}_template_pair_label.txt, "
+    "root/meta/{ijbb|ijbc}_name_5pts_score.txt and root/loose_crop/<images>"
+)
 
 
 def meta_files(meta: Path, prefix: str) -> dict[str, Path]:
-    return {"tid_mid": meta / f"{prefix}_face_tid_mid.txt",
-            "pairs": meta / f"{prefix}_template_pair_label.txt",
-            "landmarks": meta / f"{prefix}_name_5pts_score.txt"}
+    return {
+        "tid_mid": meta / f"{prefix}_face_tid_mid.txt",
+        "pairs": meta / f"{prefix}_template_pair_label.txt",
+        "landmarks": meta / f"{prefix}_name_5pts_score.txt",
+    }
 
 
 def detect_set(root: Path) -> str:
@@ -63,9 +67,11 @@ def detect_set(root: Path) -> str:
         hinted = [p for p in SETS if p in root.name.lower()]
         if len(hinted) == 1:
             return hinted[0]
-        raise DataError(f"{meta}: holds both the ijbb_* and the ijbc_* meta files and the folder "
-                        f"name {root.name!r} names neither; put each set in its own root "
-                        f"(e.g. IJBB/ and IJBC/)")
+        raise DataError(
+            f"{meta}: holds both the ijbb_* and the ijbc_* meta files and the folder "
+            f"name {root.name!r} names neither; put each set in its own root "
+            f"(e.g. IJBB/ and IJBC/)"
+        )
     partial = sorted(f.name for p in SETS for f in meta_files(meta, p).values() if f.is_file())
     have = f"; found only {partial}" if partial else ""
     raise DataMissing(f"{meta}: no complete IJB-B or IJB-C meta set{have}; expected {LAYOUT}")
@@ -77,8 +83,7 @@ def _rows(path: Path, ncols: int, what: str) -> list[list[str]]:
     rows = [r for r in rows if r]
     for i, r in enumerate(rows):
         if len(r) != ncols:
-            raise DataError(f"{path}: line {i + 1} has {len(r)} fields, expected {ncols} "
-                            f"({what})")
+            raise DataError(f"{path}: line {i + 1} has {len(r)} fields, expected {ncols} ({what})")
     if not rows:
         raise DataError(f"{path}: empty; expected lines of {what}")
     return rows
@@ -111,13 +116,13 @@ def read_pairs(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         data = np.loadtxt(path, dtype=np.int64, ndmin=2)
     except ValueError as e:
-        raise DataError(f"{path}: expected lines 'template_id1 template_id2 label' of integers "
-                        f"({e})") from None
+        raise DataError(
+            f"{path}: expected lines 'template_id1 template_id2 label' of integers ({e})"
+        ) from None
     if data.shape[0] == 0:
         raise DataError(f"{path}: empty; expected lines 'template_id1 template_id2 label'")
     if data.shape[1] != 3:
-        raise DataError(f"{path}: {data.shape[1]} columns, expected 3 "
-                        f"(template_id1 template_id2 label)")
+        raise DataError(f"{path}: {data.shape[1]} columns, expected 3 (template_id1 template_id2 label)")
     labels = data[:, 2]
     bad = np.flatnonzero((labels != 0) & (labels != 1))
     if len(bad):
@@ -142,8 +147,9 @@ def open_ijb(spec) -> Dataset:
     try:
         rows = np.array([row_of[n] for n in names], dtype=np.int64)
     except KeyError as e:
-        raise DataError(f"{files['landmarks']}: no landmark line for image {e.args[0]} listed in "
-                        f"{files['tid_mid']}") from None
+        raise DataError(
+            f"{files['landmarks']}: no landmark line for image {e.args[0]} listed in {files['tid_mid']}"
+        ) from None
     landmarks = landmarks[rows].astype(np.float32)
     faceness = faceness[rows]
     pairs, pair_label = read_pairs(files["pairs"])
@@ -153,22 +159,38 @@ def open_ijb(spec) -> Dataset:
     missing = known[pos] != pairs
     if missing.any():
         i, j = np.argwhere(missing)[0]
-        raise DataError(f"{files['pairs']}: line {i + 1} names template {pairs[i, j]}, which has "
-                        f"no image in {files['tid_mid']}")
+        raise DataError(
+            f"{files['pairs']}: line {i + 1} names template {pairs[i, j]}, which has "
+            f"no image in {files['tid_mid']}"
+        )
 
     items = [os.path.join(crops, n) for n in names]
-    parts = ["ijb", prefix, *(file_fingerprint(f) for f in files.values()),
-             "align=umeyama5/" + ",".join(f"{v:.4f}" for v in ARCFACE_TEMPLATE_112.ravel())
-             + f"/{ALIGNED_SIZE[0]}x{ALIGNED_SIZE[1]}/bilinear"]
+    parts = [
+        "ijb",
+        prefix,
+        *(file_fingerprint(f) for f in files.values()),
+        "align=umeyama5/"
+        + ",".join(f"{v:.4f}" for v in ARCFACE_TEMPLATE_112.ravel())
+        + f"/{ALIGNED_SIZE[0]}x{ALIGNED_SIZE[1]}/bilinear",
+    ]
     for path in items:
         fp = item_fingerprint(path)
         if fp.endswith("|missing"):
-            raise DataError(f"{files['tid_mid']}: lists {os.path.basename(path)}, but {path} "
-                            f"does not exist; expected {LAYOUT}")
+            raise DataError(
+                f"{files['tid_mid']}: lists {os.path.basename(path)}, but {path} "
+                f"does not exist; expected {LAYOUT}"
+            )
         parts.append(fp)
 
     reader = FivePointAligner({p: i for i, p in enumerate(items)}, landmarks)
-    meta = {"template_id": template_id, "media_id": media_id, "faceness": faceness,
-            "landmarks": landmarks, "pairs": pairs, "pair_label": pair_label, "set": prefix}
+    meta = {
+        "template_id": template_id,
+        "media_id": media_id,
+        "faceness": faceness,
+        "landmarks": landmarks,
+        "pairs": pairs,
+        "pair_label": pair_label,
+        "set": prefix,
+    }
     split = Split("test", items, None, meta=meta, reader=reader, fingerprint_parts=parts)
     return Dataset(spec.id, {"test": split}, meta={"format": "ijb", "set": prefix})

@@ -35,10 +35,20 @@ from harness.data.files import IMAGE_EXTENSIONS, is_image, list_images
 from harness.data.index import open_tree
 from harness.errors import DataError, DataMissing
 
-LAYOUT = "root/test/<class>/<image> (required), root/train/<class>/<image> and root/val/<class>/<image> (optional)"
+LAYOUT = (
+    "root/test/<class>/<image> (required), root/train/<class>/<image> and root/val/<class>/<image> (optional)"
+)
 
-__all__ = ["IMAGE_EXTENSIONS", "LAYOUT", "check_same_classes", "class_folders", "folder_split",
-           "is_image", "list_images", "open_imagefolder"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "LAYOUT",
+    "check_same_classes",
+    "class_folders",
+    "folder_split",
+    "is_image",
+    "list_images",
+    "open_imagefolder",
+]
 
 
 def class_folders(folder: Path) -> list[str]:
@@ -47,10 +57,15 @@ def class_folders(folder: Path) -> list[str]:
         return sorted(e.name for e in it if not e.name.startswith(".") and e.is_dir())
 
 
-def folder_split(name: str, folder: Path, classes: Sequence[str],
-                 label_of: Callable[[str], int] | None = None,
-                 extensions: Sequence[str] = IMAGE_EXTENSIONS,
-                 index_dir: str | os.PathLike | None = None, check_sizes: bool = False) -> Split:
+def folder_split(
+    name: str,
+    folder: Path,
+    classes: Sequence[str],
+    label_of: Callable[[str], int] | None = None,
+    extensions: Sequence[str] = IMAGE_EXTENSIONS,
+    index_dir: str | os.PathLike | None = None,
+    check_sizes: bool = False,
+) -> Split:
     """A split made of ``folder/<class>/...`` for each class folder present under ``folder``.
 
     ``label_of(folder_name)`` gives the label (default: the position in ``classes``).  The
@@ -78,17 +93,25 @@ def folder_split(name: str, folder: Path, classes: Sequence[str],
                 f"{os.path.join(base, cls)}: class folder holds no images (extensions "
                 f"{', '.join(e.lstrip('.') for e in extensions)}); an empty class would shift "
                 f"every label after it -- remove the folder or add its images"
-                + (f" ({skipped[0]})" if skipped else ""))
+                + (f" ({skipped[0]})" if skipped else "")
+            )
         y = label_of(cls)
-        items.extend([prefix + r for r in rels] if os.sep == "/" else
-                     [os.path.join(base, *r.split("/")) for r in rels])
+        items.extend(
+            [prefix + r for r in rels] if os.sep == "/" else [os.path.join(base, *r.split("/")) for r in rels]
+        )
         labels.extend([y] * len(rels))
-    return Split(name, items, np.asarray(labels, dtype=np.int64), notes=list(tree.notes),
-                 fingerprint_parts=[f"folder-index-v1|{tree.fingerprint}"])
+    return Split(
+        name,
+        items,
+        np.asarray(labels, dtype=np.int64),
+        notes=list(tree.notes),
+        fingerprint_parts=[f"folder-index-v1|{tree.fingerprint}"],
+    )
 
 
-def check_same_classes(reference: Path, ref_classes: Sequence[str], other: Path,
-                       other_classes: Sequence[str]) -> None:
+def check_same_classes(
+    reference: Path, ref_classes: Sequence[str], other: Path, other_classes: Sequence[str]
+) -> None:
     """DataError naming both folders when two splits disagree on their class folders."""
     if list(ref_classes) == list(other_classes):
         return
@@ -97,12 +120,12 @@ def check_same_classes(reference: Path, ref_classes: Sequence[str], other: Path,
     raise DataError(
         f"the class folders of {reference} ({len(ref_classes)}) and {other} "
         f"({len(other_classes)}) differ: only in {reference.name}/: {only_ref[:5]}, "
-        f"only in {other.name}/: {only_other[:5]}; every split needs the same class folders")
+        f"only in {other.name}/: {only_other[:5]}; every split needs the same class folders"
+    )
 
 
 @register_format("imagefolder", types=("classification",))
-def open_imagefolder(spec, index_dir: str | os.PathLike | None = None,
-                     check_sizes: bool = False) -> Dataset:
+def open_imagefolder(spec, index_dir: str | os.PathLike | None = None, check_sizes: bool = False) -> Dataset:
     root, where = dataset_root(spec, LAYOUT)
     test = root / "test"
     if not test.is_dir():
@@ -118,8 +141,10 @@ def open_imagefolder(spec, index_dir: str | os.PathLike | None = None,
         check_same_classes(test, classes, folder, class_folders(folder))
         split = folder_split(name, folder, classes, index_dir=index_dir, check_sizes=check_sizes)
         if len(split) == 0:
-            raise DataMissing(f"{where}: no images under {folder} (extensions "
-                              f"{', '.join(e[1:] for e in IMAGE_EXTENSIONS)}); expected {LAYOUT}")
+            raise DataMissing(
+                f"{where}: no images under {folder} (extensions "
+                f"{', '.join(e[1:] for e in IMAGE_EXTENSIONS)}); expected {LAYOUT}"
+            )
         splits[name] = split
     notes = [n for sp in splits.values() for n in sp.notes]
     meta = {"format": "imagefolder", **({"notes": notes} if notes else {})}

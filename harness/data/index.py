@@ -111,8 +111,12 @@ def _write(path: Path, data: dict) -> None:
         log.warning("dataset index %s not written (%s); the listing is used uncached", path, e)
 
 
-def open_tree(top: str | os.PathLike, extensions: Sequence[str] = IMAGE_EXTENSIONS,
-              index_dir: str | os.PathLike | None = None, check_sizes: bool = False) -> IndexedTree:
+def open_tree(
+    top: str | os.PathLike,
+    extensions: Sequence[str] = IMAGE_EXTENSIONS,
+    index_dir: str | os.PathLike | None = None,
+    check_sizes: bool = False,
+) -> IndexedTree:
     """The listing of ``top``: from the persisted index when still valid, else walked and saved.
 
     ``index_dir`` is the cache root (default :func:`default_index_dir`); see the module
@@ -125,9 +129,16 @@ def open_tree(top: str | os.PathLike, extensions: Sequence[str] = IMAGE_EXTENSIO
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
         if _still_valid(data, top_s, exts, check_sizes):
-            return IndexedTree(top=os.fspath(top), files=data["files"], sizes=data["sizes"],
-                               mtimes=data["mtimes"], dirs=data["dirs"], notes=data["notes"],
-                               fingerprint=data["fingerprint"], from_index=True)
+            return IndexedTree(
+                top=os.fspath(top),
+                files=data["files"],
+                sizes=data["sizes"],
+                mtimes=data["mtimes"],
+                dirs=data["dirs"],
+                notes=data["notes"],
+                fingerprint=data["fingerprint"],
+                from_index=True,
+            )
     except FileNotFoundError:
         pass
     except (OSError, ValueError, KeyError, TypeError) as e:
@@ -135,8 +146,27 @@ def open_tree(top: str | os.PathLike, extensions: Sequence[str] = IMAGE_EXTENSIO
     built = time.time_ns()
     tree = scan_tree(top_s, extensions)
     fp = tree_fingerprint(tree)
-    _write(path, {"version": INDEX_VERSION, "top": top_s, "extensions": exts, "built_ns": built,
-                  "dirs": tree.dirs, "files": tree.files, "sizes": tree.sizes,
-                  "mtimes": tree.mtimes, "notes": tree.notes, "fingerprint": fp})
-    return IndexedTree(top=os.fspath(top), files=tree.files, sizes=tree.sizes, mtimes=tree.mtimes,
-                       dirs=tree.dirs, notes=tree.notes, fingerprint=fp)
+    _write(
+        path,
+        {
+            "version": INDEX_VERSION,
+            "top": top_s,
+            "extensions": exts,
+            "built_ns": built,
+            "dirs": tree.dirs,
+            "files": tree.files,
+            "sizes": tree.sizes,
+            "mtimes": tree.mtimes,
+            "notes": tree.notes,
+            "fingerprint": fp,
+        },
+    )
+    return IndexedTree(
+        top=os.fspath(top),
+        files=tree.files,
+        sizes=tree.sizes,
+        mtimes=tree.mtimes,
+        dirs=tree.dirs,
+        notes=tree.notes,
+        fingerprint=fp,
+    )

@@ -35,8 +35,7 @@ from harness.data.files import regular_file_problem
 from harness.data.registry import register_format
 from harness.errors import DataError, DataMissing
 
-LAYOUT = ("root/pairs.txt (View 2) and images root/lfw/<name>/<name>_0001.jpg "
-          "(or root/<name>/<name>_0001.jpg)")
+LAYOUT = "root/pairs.txt (View 2) and images root/lfw/<name>/<name>_0001.jpg (or root/<name>/<name>_0001.jpg)"
 
 
 def _int(tok: str) -> int | None:
@@ -69,14 +68,18 @@ def parse_pairs(path: str | os.PathLike) -> tuple[list[tuple[str, int, str, int]
             pairs.append((toks[0], int(toks[1]), toks[2], int(toks[3])))
             same.append(False)
         else:
-            raise DataError(f"{source}:{no}: {' '.join(toks)!r} is not a pair line; expected "
-                            f"'name n1 n2' (matched) or 'name1 n1 name2 n2' (mismatched)")
+            raise DataError(
+                f"{source}:{no}: {' '.join(toks)!r} is not a pair line; expected "
+                f"'name n1 n2' (matched) or 'name1 n1 name2 n2' (mismatched)"
+            )
     if header is not None and len(header) == 2:
         expected = 2 * header[0] * header[1]
         if expected != len(pairs):
-            raise DataError(f"{source}: the header '{header[0]} {header[1]}' promises "
-                            f"{expected} pair lines ({header[0]} sets of {header[1]} matched + "
-                            f"{header[1]} mismatched) but the file has {len(pairs)}")
+            raise DataError(
+                f"{source}: the header '{header[0]} {header[1]}' promises "
+                f"{expected} pair lines ({header[0]} sets of {header[1]} matched + "
+                f"{header[1]} mismatched) but the file has {len(pairs)}"
+            )
     if not pairs:
         raise DataError(f"{source}: no pair lines; expected {LAYOUT}")
     return pairs, np.asarray(same, dtype=np.bool_)
@@ -104,9 +107,11 @@ def open_lfw_pairs(spec) -> Dataset:
     for i, path in enumerate(items):
         problem = regular_file_problem(path)
         if problem is not None:
-            raise DataError(f"{pairs_file}: pair {i // 2 + 1} of {len(pairs)} lists {path}, which "
-                            f"{problem}; every listed image is needed (a skipped pair would shift "
-                            f"the folds); expected {LAYOUT}")
+            raise DataError(
+                f"{pairs_file}: pair {i // 2 + 1} of {len(pairs)} lists {path}, which "
+                f"{problem}; every listed image is needed (a skipped pair would shift "
+                f"the folds); expected {LAYOUT}"
+            )
         parts.append(item_fingerprint(path))
     split = Split("test", items, None, meta={"issame": issame}, fingerprint_parts=parts)
     return Dataset(spec.id, {"test": split}, meta={"format": "lfw-pairs", "images": str(images)})

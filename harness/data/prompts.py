@@ -115,17 +115,22 @@ def _read_list_file(path: str, size: int, mtime_ns: int, keys: tuple[str, ...]) 
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
-            raise DataError(f"{path}: not valid JSON ({e}); expected a list of strings, an object "
-                            "keyed by prompt key, or a text file with one entry per line") from None
+            raise DataError(
+                f"{path}: not valid JSON ({e}); expected a list of strings, an object "
+                "keyed by prompt key, or a text file with one entry per line"
+            ) from None
         if isinstance(data, dict):
             key = next((k for k in keys if k in data), None)
             if key is None:
-                raise DataError(f"{path}: no key {keys[0]!r} in this JSON object; it has "
-                                f"{sorted(data)[:10]} (the key is the dataset's prompts or format)")
+                raise DataError(
+                    f"{path}: no key {keys[0]!r} in this JSON object; it has "
+                    f"{sorted(data)[:10]} (the key is the dataset's prompts or format)"
+                )
             data = data[key]
         if not isinstance(data, list) or not all(isinstance(x, str) for x in data):
-            raise DataError(f"{path}: expected a JSON list of strings (or an object whose "
-                            f"entry {keys[0]!r} is one)")
+            raise DataError(
+                f"{path}: expected a JSON list of strings (or an object whose entry {keys[0]!r} is one)"
+            )
         return tuple(data)
     return tuple(line.strip() for line in text.splitlines() if line.strip())
 
@@ -171,15 +176,19 @@ def _classnames(spec, dataset_classnames: list[str]) -> tuple[list[str], str]:
             clean = CLEAN.get(key, lambda c: c)
             return [clean(c) for c in dataset_classnames], f"the dataset's classes (key {key!r})"
     if len(names) != n:
-        raise DataError(f"[datasets.{spec.id}]: {where} has {len(names)} class names but the "
-                        f"dataset at {spec.root} has {n} classes; give a classnames file with "
-                        f"{n} names in the dataset's class order")
+        raise DataError(
+            f"[datasets.{spec.id}]: {where} has {len(names)} class names but the "
+            f"dataset at {spec.root} has {n} classes; give a classnames file with "
+            f"{n} names in the dataset's class order"
+        )
     own = [str(c) for c in dataset_classnames]
     if not option and all(_is_word(c) for c in own) and [_norm(c) for c in own] != [_norm(c) for c in names]:
-        raise DataError(f"[datasets.{spec.id}]: the dataset's classes are words {_short(own)} but "
-                        f"the class names of {where} are {_short(names)}; they would be matched "
-                        f"by position -- give classnames = FILE (one name per class, in the "
-                        f"dataset's order) or a prompts key whose names match")
+        raise DataError(
+            f"[datasets.{spec.id}]: the dataset's classes are words {_short(own)} but "
+            f"the class names of {where} are {_short(names)}; they would be matched "
+            f"by position -- give classnames = FILE (one name per class, in the "
+            f"dataset's order) or a prompts key whose names match"
+        )
     return list(names), where
 
 
@@ -213,8 +222,10 @@ def _templates(spec) -> tuple[list[str], str]:
         raise DataError(f"[datasets.{spec.id}]: {where} has no templates")
     bad = [t for t in templates if "{c}" not in t]
     if bad:
-        raise DataError(f"[datasets.{spec.id}]: {where}: template {bad[0]!r} has no '{{c}}' "
-                        f"placeholder ({len(bad)} of {len(templates)} lack it)")
+        raise DataError(
+            f"[datasets.{spec.id}]: {where}: template {bad[0]!r} has no '{{c}}' "
+            f"placeholder ({len(bad)} of {len(templates)} lack it)"
+        )
     return list(templates), where
 
 
@@ -229,9 +240,12 @@ class Prompts:
 
     def details(self) -> dict[str, Any]:
         """For a case's details: ``classnames``, ``templates`` and their sources."""
-        return {"classnames": list(self.classnames), "templates": list(self.templates),
-                "classnames_source": self.classnames_source,
-                "templates_source": self.templates_source}
+        return {
+            "classnames": list(self.classnames),
+            "templates": list(self.templates),
+            "classnames_source": self.classnames_source,
+            "templates_source": self.templates_source,
+        }
 
 
 def prompts_for(spec, dataset_classnames: list[str]) -> Prompts:

@@ -14,13 +14,13 @@ from typing import Any
 
 # Every module listed here registers one or more formats when imported.
 FORMAT_MODULES: tuple[str, ...] = (
-    "harness.data.imagefolder",      # imagefolder (train/ test/ with one folder per class)
-    "harness.data.classification",   # the study's 14 datasets in torchvision's layouts
+    "harness.data.imagefolder",  # imagefolder (train/ test/ with one folder per class)
+    "harness.data.classification",  # the study's 14 datasets in torchvision's layouts
     "harness.data.insightface_bin",  # InsightFace .bin verification packs
-    "harness.data.lfw",              # LFW pairs.txt + image folder
-    "harness.data.ijb",              # IJB-B / IJB-C meta/ + loose_crop/
-    "harness.data.attack_list",      # MAD / PAD list files and per-method folders
-    "harness.data.wds",              # CLIP_benchmark WebDataset shards (wds_* collection)
+    "harness.data.lfw",  # LFW pairs.txt + image folder
+    "harness.data.ijb",  # IJB-B / IJB-C meta/ + loose_crop/
+    "harness.data.attack_list",  # MAD / PAD list files and per-method folders
+    "harness.data.wds",  # CLIP_benchmark WebDataset shards (wds_* collection)
 )
 
 Opener = Callable[..., Any]

@@ -68,8 +68,10 @@ CLASSNAMES = "classnames.txt"
 TEMPLATES = "zeroshot_classification_templates.txt"
 DATASET_TYPE = "dataset_type.txt"
 
-LAYOUT = ("root/test/nshards.txt + root/test/0.tar ... (required), root/train/ likewise "
-          "(optional), root/classnames.txt, root/zeroshot_classification_templates.txt")
+LAYOUT = (
+    "root/test/nshards.txt + root/test/0.tar ... (required), root/train/ likewise "
+    "(optional), root/classnames.txt, root/zeroshot_classification_templates.txt"
+)
 
 _BLOCK = 512
 _FILE = (b"0", b"\0", b"7")  # regular-file type flags
@@ -83,6 +85,7 @@ _NO_IMAGE, _NO_LABEL, _BAD_LABEL = 1, 2, 3
 
 
 # ---------------------------------------------------------------------------------- index
+
 
 @dataclass
 class ShardIndex:
@@ -109,7 +112,7 @@ class _Window:
         if off < 0 or off + n > len(self.buf):
             self.buf = os.pread(self.fd, max(n, _WINDOW), pos)
             self.start, off = pos, 0
-        return self.buf[off:off + n]
+        return self.buf[off : off + n]
 
 
 def _octal(field: bytes) -> int:
@@ -130,7 +133,7 @@ def _pax(data: bytes) -> dict[str, str]:
         length = int(data[pos:sp])
         if length <= 0:
             break
-        rec = data[sp + 1:pos + length - 1]
+        rec = data[sp + 1 : pos + length - 1]
         k, _, v = rec.partition(b"=")
         out[k.decode("utf-8", "replace")] = v.decode("utf-8", "replace")
         pos += length
@@ -159,37 +162,43 @@ def _members(path: str):
             hdr = win.read(pos, _BLOCK)
             if len(hdr) < _BLOCK:
                 if pos == 0:
-                    raise DataError(f"{path}: {_not_tar(hdr)} ({filesize} bytes); expected a "
-                                    "WebDataset .tar shard")
-                raise DataError(f"{path}: truncated tar archive: it ends at byte {filesize} "
-                                f"{'inside a member header' if hdr else 'without the end-of-archive blocks'}"
-                                "; download or copy the shard again")
+                    raise DataError(
+                        f"{path}: {_not_tar(hdr)} ({filesize} bytes); expected a WebDataset .tar shard"
+                    )
+                raise DataError(
+                    f"{path}: truncated tar archive: it ends at byte {filesize} "
+                    f"{'inside a member header' if hdr else 'without the end-of-archive blocks'}"
+                    "; download or copy the shard again"
+                )
             if hdr == _ZERO:
                 return  # end of archive (a second zero block and padding may follow)
             kind = hdr[156:157]
             try:
                 # checksums of the first header and of every file header
-                if (pos == 0 or kind in _FILE) and \
-                        _octal(hdr[148:156]) != sum(hdr) - sum(hdr[148:156]) + 256:
+                if (pos == 0 or kind in _FILE) and _octal(hdr[148:156]) != sum(hdr) - sum(hdr[148:156]) + 256:
                     raise ValueError
                 size = int(pax["size"]) if "size" in pax else _octal(hdr[124:136])
             except ValueError:
                 what = _not_tar(hdr) if pos == 0 else f"damaged tar header at byte {pos}"
-                raise DataError(f"{path}: {what} (bad header checksum or size); expected a "
-                                "WebDataset .tar shard") from None
+                raise DataError(
+                    f"{path}: {what} (bad header checksum or size); expected a WebDataset .tar shard"
+                ) from None
             data_at = pos + _BLOCK
             if data_at + size > filesize:
-                raise DataError(f"{path}: truncated tar archive: a member at byte {pos} needs "
-                                f"{size} bytes but the file ends at byte {filesize}; download or "
-                                "copy the shard again")
+                raise DataError(
+                    f"{path}: truncated tar archive: a member at byte {pos} needs "
+                    f"{size} bytes but the file ends at byte {filesize}; download or "
+                    "copy the shard again"
+                )
             if kind in (b"x", b"X"):
                 try:
                     rec = win.read(data_at, size)
                     # only path and size matter here (webdataset's writer adds mtime only)
                     pax = _pax(rec) if b" path=" in rec or b" size=" in rec else {}
                 except ValueError:
-                    raise DataError(f"{path}: damaged pax header at byte {pos}; expected a "
-                                    "WebDataset .tar shard") from None
+                    raise DataError(
+                        f"{path}: damaged pax header at byte {pos}; expected a WebDataset .tar shard"
+                    ) from None
             elif kind == b"L":
                 long_name = win.read(data_at, size).split(b"\0", 1)[0].decode("utf-8", "replace")
             elif kind in _FILE:
@@ -259,8 +268,13 @@ def scan_shard(path: str) -> ShardIndex:
         elif ext == LABEL_KEY and cls is None:
             cls = win.read(at, n) if n <= 64 else b"x"
     close()
-    return ShardIndex(keys, np.asarray(offset, dtype=np.int64), np.asarray(size, dtype=np.int64),
-                      np.asarray(label, dtype=np.int64), np.asarray(problem, dtype=np.int8))
+    return ShardIndex(
+        keys,
+        np.asarray(offset, dtype=np.int64),
+        np.asarray(size, dtype=np.int64),
+        np.asarray(label, dtype=np.int64),
+        np.asarray(problem, dtype=np.int8),
+    )
 
 
 _memo: dict[tuple[str, int, int], ShardIndex] = {}
@@ -271,8 +285,9 @@ INDEX_VERSION = 1
 def index_dir() -> Path:
     """Where shard indexes persist: ``$HARNESS_CACHE/wds-index``, else
     ``~/.cache/tradeoff-bench/wds-index`` (the feature cache's default folder)."""
-    base = os.environ.get("HARNESS_CACHE") or os.path.join(os.path.expanduser("~"), ".cache",
-                                                           "tradeoff-bench")
+    base = os.environ.get("HARNESS_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "tradeoff-bench"
+    )
     return Path(base) / "wds-index"
 
 
@@ -294,8 +309,13 @@ def _save_index(path: Path, ix: ShardIndex) -> None:
 
     keys = np.array(ix.keys, dtype=str) if ix.keys else np.zeros(0, dtype="U1")
     try:
-        atomic_write(path, lambda f: np.savez(f, keys=keys, offset=ix.offset, size=ix.size,
-                                              label=ix.label, problem=ix.problem), binary=True)
+        atomic_write(
+            path,
+            lambda f: np.savez(
+                f, keys=keys, offset=ix.offset, size=ix.size, label=ix.label, problem=ix.problem
+            ),
+            binary=True,
+        )
     except OSError:
         pass  # a read-only cache folder: the index is rebuilt next time
 
@@ -320,6 +340,7 @@ def shard_index(path: str) -> ShardIndex:
 
 # ------------------------------------------------------------------------------ reading
 
+
 class SampleRef(str):
     """``"<shard path>:<key>"`` (what error messages list) carrying where the image lies."""
 
@@ -332,8 +353,15 @@ class SampleRef(str):
 class SampleRefs(Sequence):
     """The items of a wds split: ``refs[i]`` is the :class:`SampleRef` of sample ``i``."""
 
-    def __init__(self, shards: list[str], shard: np.ndarray, keys: list[str], offset: np.ndarray,
-                 size: np.ndarray, problem: np.ndarray):
+    def __init__(
+        self,
+        shards: list[str],
+        shard: np.ndarray,
+        keys: list[str],
+        offset: np.ndarray,
+        size: np.ndarray,
+        problem: np.ndarray,
+    ):
         self.shards, self.shard, self.keys = shards, shard, keys
         self.offset, self.size, self.problem = offset, size, problem
 
@@ -380,8 +408,10 @@ class ShardReader:
             raise ValueError(f"{ref}: {_PROBLEMS[ref.problem]}")
         data = os.pread(self._fd(ref.shard), ref.size, ref.offset)
         if len(data) != ref.size:
-            raise DataError(f"{self.shards[ref.shard]}: shard shorter than when it was indexed "
-                            f"(sample {ref}); it changed during the run")
+            raise DataError(
+                f"{self.shards[ref.shard]}: shard shorter than when it was indexed "
+                f"(sample {ref}); it changed during the run"
+            )
         return data
 
     def __call__(self, ref: SampleRef) -> Image.Image:
@@ -399,6 +429,7 @@ class ShardReader:
 
 # ------------------------------------------------------------------------------ opener
 
+
 def _text_lines(path: Path) -> list[str]:
     """Lines as CLIP_benchmark reads them (stripped; an empty line in the middle is kept)."""
     with open(path, encoding="utf-8") as f:
@@ -411,15 +442,13 @@ def _shards(folder: Path) -> list[str]:
         text = nfile.read_text(encoding="utf-8").strip()
         n = int(text)
     except ValueError:
-        raise DataError(f"{nfile}: expected one integer (the number of shards), got "
-                        f"{text[:40]!r}") from None
+        raise DataError(f"{nfile}: expected one integer (the number of shards), got {text[:40]!r}") from None
     if n < 1:
         raise DataError(f"{nfile}: expected a number of shards >= 1, got {n}")
     shards = [str(folder / f"{i}.tar") for i in range(n)]
     for p in shards:
         if not os.path.isfile(p):
-            raise DataError(f"{p}: shard missing (nshards.txt lists {n} shards, 0.tar .. "
-                            f"{n - 1}.tar)")
+            raise DataError(f"{p}: shard missing (nshards.txt lists {n} shards, 0.tar .. {n - 1}.tar)")
     return shards
 
 
@@ -427,9 +456,14 @@ def _split(name: str, shards: list[str], texts: list[Path]) -> Split:
     idx = [shard_index(p) for p in shards]
     keys = [k for ix in idx for k in ix.keys]
     which = np.concatenate([np.full(len(ix.keys), s, dtype=np.int32) for s, ix in enumerate(idx)])
-    refs = SampleRefs(shards, which, keys, np.concatenate([ix.offset for ix in idx]),
-                      np.concatenate([ix.size for ix in idx]),
-                      np.concatenate([ix.problem for ix in idx]))
+    refs = SampleRefs(
+        shards,
+        which,
+        keys,
+        np.concatenate([ix.offset for ix in idx]),
+        np.concatenate([ix.size for ix in idx]),
+        np.concatenate([ix.problem for ix in idx]),
+    )
     labels = np.concatenate([ix.label for ix in idx])
     parts = [file_fingerprint(p) for p in shards] + [file_fingerprint(p) for p in texts]
     return Split(name, refs, labels, reader=ShardReader(shards), fingerprint_parts=parts)
@@ -444,8 +478,10 @@ def open_wds(spec) -> Dataset:
     if dtype.is_file():
         kind = dtype.read_text(encoding="utf-8").strip().lower()
         if kind not in ("", "classification"):
-            raise DataError(f"{dtype}: says {kind!r}; format 'wds' reads classification shards "
-                            "(images with a 'cls' label) only")
+            raise DataError(
+                f"{dtype}: says {kind!r}; format 'wds' reads classification shards "
+                "(images with a 'cls' label) only"
+            )
     names_file, templates_file = root / CLASSNAMES, root / TEMPLATES
     texts = [p for p in (names_file, templates_file) if p.is_file()]
     splits: dict[str, Split] = {}
@@ -459,17 +495,30 @@ def open_wds(spec) -> Dataset:
     if names_file.is_file():
         classnames = _text_lines(names_file)
         if len(classnames) != top + 1:
-            raise DataError(f"{names_file}: {len(classnames)} class names but the largest label in "
-                            f"the shards is {top} ({top + 1} classes); expected one name per "
-                            "label, line i = label i")
+            raise DataError(
+                f"{names_file}: {len(classnames)} class names but the largest label in "
+                f"the shards is {top} ({top + 1} classes); expected one name per "
+                "label, line i = label i"
+            )
     elif (spec.options or {}).get("classnames"):
         classnames = [str(i) for i in range(top + 1)]  # the suite's file gives the names
     else:
-        raise DataError(f"{where}: no {CLASSNAMES}; expected one class name per line (line i = "
-                        "label i), or a classnames = FILE option in the suite")
-    return Dataset(spec.id, splits, classnames=classnames,
-                   meta={"format": "wds", "shards": {k: len(v.reader.shards)  # type: ignore[union-attr]
-                                                     for k, v in splits.items()}})
+        raise DataError(
+            f"{where}: no {CLASSNAMES}; expected one class name per line (line i = "
+            "label i), or a classnames = FILE option in the suite"
+        )
+    return Dataset(
+        spec.id,
+        splits,
+        classnames=classnames,
+        meta={
+            "format": "wds",
+            "shards": {
+                k: len(v.reader.shards)  # type: ignore[union-attr]
+                for k, v in splits.items()
+            },
+        },
+    )
 
 
 def _own_templates(spec) -> tuple[list[str], str] | None:

@@ -23,5 +23,13 @@ from harness.models.head import Head, load_head
 from harness.models.loaded import LoadedModel
 from harness.models.loading import load_model, open_model
 
-__all__ = ["LOADER_VERSION", "Head", "LoadedModel", "file_sha256", "load_head", "load_model",
-           "open_model", "weights_fingerprint"]
+__all__ = [
+    "LOADER_VERSION",
+    "Head",
+    "LoadedModel",
+    "file_sha256",
+    "load_head",
+    "load_model",
+    "open_model",
+    "weights_fingerprint",
+]

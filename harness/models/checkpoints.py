@@ -78,7 +78,7 @@ def safe_load(path: str | os.PathLike, context: str | None = None) -> Any:
 
         try:
             return load_file(p, device="cpu")
-        except Exception as e:  # noqa: BLE001 - safetensors raises its own SafetensorError
+        except Exception as e:
             raise ModelError(f"{pre}: not a readable safetensors file ({_first_line(e)})") from None
     import torch
 
@@ -92,8 +92,7 @@ def safe_load(path: str | os.PathLike, context: str | None = None) -> Any:
             return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "Unsupported operand" in str(e) and not _starts_like_pickle(p):
-            raise ModelError(f"{pre}: not a torch checkpoint (neither a zip archive nor a "
-                             "pickle)") from None
+            raise ModelError(f"{pre}: not a torch checkpoint (neither a zip archive nor a pickle)") from None
         raise UnsafePickleError(
             f"{pre}: refused to load: {_unsafe_reason(str(e))}; nothing in the file was executed "
             "(re-save only the tensors, e.g. torch.save(model.state_dict()), or use .safetensors)"
@@ -101,12 +100,13 @@ def safe_load(path: str | os.PathLike, context: str | None = None) -> Any:
     except RuntimeError as e:
         msg = str(e)
         if "TorchScript" in msg:
-            raise ModelError(f"{pre}: a TorchScript archive, not a state dict: use the open_clip "
-                             "pretrained tag instead, or re-save its state_dict()") from None
+            raise ModelError(
+                f"{pre}: a TorchScript archive, not a state dict: use the open_clip "
+                "pretrained tag instead, or re-save its state_dict()"
+            ) from None
         raise ModelError(f"{pre}: not a torch checkpoint ({_first_line(e)})") from None
     except (EOFError, OSError, ValueError) as e:
-        raise ModelError(f"{pre}: not a torch checkpoint ({type(e).__name__}: "
-                         f"{_first_line(e)})") from None
+        raise ModelError(f"{pre}: not a torch checkpoint ({type(e).__name__}: {_first_line(e)})") from None
 
 
 def _is_tensor(v: Any) -> bool:
@@ -124,8 +124,9 @@ def unwrap_state_dict(obj: Any, context: str) -> dict:
                 obj = inner
                 break
     if not isinstance(obj, Mapping):
-        raise ModelError(f"{context}: expected a state dict (a mapping of names to tensors), "
-                         f"got {type(obj).__name__}")
+        raise ModelError(
+            f"{context}: expected a state dict (a mapping of names to tensors), got {type(obj).__name__}"
+        )
     out: dict = {}
     bad: list[str] = []
     for k, v in obj.items():
@@ -136,11 +137,13 @@ def unwrap_state_dict(obj: Any, context: str) -> dict:
             bad.append(f"{k} ({type(v).__name__})")
             continue
         while k.startswith("module."):
-            k = k[len("module."):]
+            k = k[len("module.") :]
         out[k] = v
     if bad:
-        raise ModelError(f"{context}: expected only tensors in the state dict, found "
-                         f"{len(bad)} other entries: {', '.join(bad[:_SHOW])}")
+        raise ModelError(
+            f"{context}: expected only tensors in the state dict, found "
+            f"{len(bad)} other entries: {', '.join(bad[:_SHOW])}"
+        )
     if not out:
         raise ModelError(f"{context}: the state dict is empty")
     return out
@@ -167,8 +170,11 @@ def load_strict(model, sd: dict, context: str, arch: str, fmt: str) -> None:
     expected = model.state_dict()  # references, no copies
     missing = [k for k in expected if k not in sd]
     unexpected = [k for k in sd if k not in expected]
-    shapes = [f"{k} {list(sd[k].shape)} vs {list(expected[k].shape)}" for k in sd
-              if k in expected and tuple(sd[k].shape) != tuple(expected[k].shape)]
+    shapes = [
+        f"{k} {list(sd[k].shape)} vs {list(expected[k].shape)}"
+        for k in sd
+        if k in expected and tuple(sd[k].shape) != tuple(expected[k].shape)
+    ]
     if missing or unexpected or shapes:
         parts = []
         if missing:
@@ -176,21 +182,29 @@ def load_strict(model, sd: dict, context: str, arch: str, fmt: str) -> None:
         if unexpected:
             parts.append(f"unexpected {_n(len(unexpected), 'key')}: {_listing(unexpected)}")
         if shapes:
-            parts.append(f"{_n(len(shapes), 'shape mismatch', 'es')} (checkpoint vs model): "
-                         f"{_listing(shapes, 3)}")
-        raise ModelError(f"{context}: does not fit arch = {arch!r} as checkpoint_format = {fmt!r} "
-                         f"({len(expected)} tensors expected); " + "; ".join(parts))
+            parts.append(
+                f"{_n(len(shapes), 'shape mismatch', 'es')} (checkpoint vs model): {_listing(shapes, 3)}"
+            )
+        raise ModelError(
+            f"{context}: does not fit arch = {arch!r} as checkpoint_format = {fmt!r} "
+            f"({len(expected)} tensors expected); " + "; ".join(parts)
+        )
     # tensors a converter already wrote into the model's own storage need no copy
-    in_place = {k for k, v in sd.items() if v.data_ptr() == expected[k].data_ptr()
-                and v.dtype == expected[k].dtype and v.numel() > 0}
+    in_place = {
+        k
+        for k, v in sd.items()
+        if v.data_ptr() == expected[k].data_ptr() and v.dtype == expected[k].dtype and v.numel() > 0
+    }
     del expected
     rest = {k: v for k, v in sd.items() if k not in in_place}
     with torch.no_grad():
         result = model.load_state_dict(rest, strict=False)
     del rest
     if set(result.missing_keys) != in_place or result.unexpected_keys:  # pragma: no cover
-        raise ModelError(f"{context}: internal error: load_state_dict reports missing "
-                         f"{result.missing_keys[:_SHOW]}, unexpected {result.unexpected_keys[:_SHOW]}")
+        raise ModelError(
+            f"{context}: internal error: load_state_dict reports missing "
+            f"{result.missing_keys[:_SHOW]}, unexpected {result.unexpected_keys[:_SHOW]}"
+        )
 
 
 def adapt_open_clip_state_dict(sd: dict, model) -> dict:
@@ -201,12 +215,20 @@ def adapt_open_clip_state_dict(sd: dict, model) -> dict:
 
         sd = convert_to_custom_text_state_dict(sd)
     ls = getattr(model, "logit_scale", None)
-    if "logit_scale" in sd and ls is not None and sd["logit_scale"].ndim != ls.ndim \
-            and sd["logit_scale"].numel() == ls.numel():
+    if (
+        "logit_scale" in sd
+        and ls is not None
+        and sd["logit_scale"].ndim != ls.ndim
+        and sd["logit_scale"].numel() == ls.numel()
+    ):
         sd["logit_scale"] = sd["logit_scale"].reshape(ls.shape)
     lb = getattr(model, "logit_bias", None)
-    if "logit_bias" in sd and lb is not None and sd["logit_bias"].ndim != lb.ndim \
-            and sd["logit_bias"].numel() == lb.numel():
+    if (
+        "logit_bias" in sd
+        and lb is not None
+        and sd["logit_bias"].ndim != lb.ndim
+        and sd["logit_bias"].numel() == lb.numel()
+    ):
         sd["logit_bias"] = sd["logit_bias"].reshape(lb.shape)
     pid = "text.transformer.embeddings.position_ids"
     if pid in sd and pid not in model.state_dict():
@@ -233,7 +255,7 @@ def _strip(k: str) -> str:
         changed = False
         for p in ("module.", "head."):
             if k.startswith(p):
-                k, changed = k[len(p):], True
+                k, changed = k[len(p) :], True
     return k
 
 
@@ -252,12 +274,15 @@ def read_head(spec, embed_dim: int | None = None) -> tuple[np.ndarray, np.ndarra
         if wk in sd and bk in sd:
             break
     else:
-        raise ModelError(f"{pre}: expected a binary head with linear.weight [2, D] and linear.bias [2] "
-                         f"(or weight/bias), found keys: {_listing(sorted(sd))}")
+        raise ModelError(
+            f"{pre}: expected a binary head with linear.weight [2, D] and linear.bias [2] "
+            f"(or weight/bias), found keys: {_listing(sorted(sd))}"
+        )
     extra = sorted(k for k in sd if k not in (wk, bk))
     if extra:
-        raise ModelError(f"{pre}: expected only {wk} and {bk} (a single Linear(D, 2)), "
-                         f"also found: {_listing(extra)}")
+        raise ModelError(
+            f"{pre}: expected only {wk} and {bk} (a single Linear(D, 2)), also found: {_listing(extra)}"
+        )
     w = np.array(sd[wk].detach().float().cpu().numpy(), dtype=np.float32, copy=True)
     b = np.array(sd[bk].detach().float().cpu().numpy(), dtype=np.float32, copy=True)
     if w.ndim != 2 or w.shape[0] != 2:
@@ -266,6 +291,8 @@ def read_head(spec, embed_dim: int | None = None) -> tuple[np.ndarray, np.ndarra
     if b.shape != (2,):
         raise ModelError(f"{pre}: {bk} has shape {list(b.shape)}, expected [2]")
     if embed_dim is not None and w.shape[1] != embed_dim:
-        raise ModelError(f"{pre}: {wk} has shape {list(w.shape)} but arch = {spec.arch!r} gives "
-                         f"{embed_dim}-dimensional image embeddings")
+        raise ModelError(
+            f"{pre}: {wk} has shape {list(w.shape)} but arch = {spec.arch!r} gives "
+            f"{embed_dim}-dimensional image embeddings"
+        )
     return w, b

@@ -32,8 +32,7 @@ def lora_scale(alpha: float, rank: int, scaling: str) -> float:
         return float(alpha) / math.sqrt(rank)
     if scaling == "standard":
         return float(alpha) / rank
-    raise ModelError(f"lora.scaling = {scaling!r}: expected 'rslora' (alpha/sqrt(r)) "
-                     "or 'standard' (alpha/r)")
+    raise ModelError(f"lora.scaling = {scaling!r}: expected 'rslora' (alpha/sqrt(r)) or 'standard' (alpha/r)")
 
 
 def _merged(sd: dict, key: str, alpha: float, scaling: str, rank: int | None, ctx: str, out=None):
@@ -53,18 +52,25 @@ def _merged(sd: dict, key: str, alpha: float, scaling: str, rank: int | None, ct
         raise ModelError(f"{ctx}: {key}.{have} has no matching {key}.{lack}")
     if a is not None:
         if a.ndim != 2 or b.ndim != 2 or w.ndim != 2:
-            raise ModelError(f"{ctx}: {key}: LoRA factors and weight must be matrices, got "
-                             f"A {list(a.shape)}, B {list(b.shape)}, W {list(w.shape)}")
+            raise ModelError(
+                f"{ctx}: {key}: LoRA factors and weight must be matrices, got "
+                f"A {list(a.shape)}, B {list(b.shape)}, W {list(w.shape)}"
+            )
         r = a.shape[0]
         if b.shape[1] != r:
-            raise ModelError(f"{ctx}: {key}.w_lora_A is {list(a.shape)} (rank {r}) but "
-                             f"{key}.w_lora_B is {list(b.shape)} (rank {b.shape[1]})")
+            raise ModelError(
+                f"{ctx}: {key}.w_lora_A is {list(a.shape)} (rank {r}) but "
+                f"{key}.w_lora_B is {list(b.shape)} (rank {b.shape[1]})"
+            )
         if b.shape[0] != w.shape[0] or a.shape[1] != w.shape[1]:
-            raise ModelError(f"{ctx}: {key}: B @ A is [{b.shape[0]}, {a.shape[1]}] but "
-                             f"{key}.weight is {list(w.shape)}")
+            raise ModelError(
+                f"{ctx}: {key}: B @ A is [{b.shape[0]}, {a.shape[1]}] but {key}.weight is {list(w.shape)}"
+            )
         if rank is not None and r != rank:
-            raise ModelError(f"{ctx}: lora.rank = {rank} but {key}.w_lora_A {list(a.shape)} has "
-                             f"rank {r}: set rank = {r}, or leave rank out to read it from the checkpoint")
+            raise ModelError(
+                f"{ctx}: lora.rank = {rank} but {key}.w_lora_A {list(a.shape)} has "
+                f"rank {r}: set rank = {r}, or leave rank out to read it from the checkpoint"
+            )
         s = lora_scale(alpha, r, scaling)
         if out is None:
             dtype = w.dtype if w.dtype in (torch.float32, torch.float64) else torch.float32
@@ -93,18 +99,18 @@ def _convert(sd: dict, alpha, scaling, rank, ctx: str, targets: dict | None = No
         raise ModelError(f"{ctx}: lora.rank = {rank!r}: expected a positive integer")
     for k in OPENAI_META_KEYS:
         sd.pop(k, None)
-    prefixes = sorted({m.group("prefix") for k in sd if (m := _PROJ.match(k))
-                       and m.group("name") != "proj"})
+    prefixes = sorted({m.group("prefix") for k in sd if (m := _PROJ.match(k)) and m.group("name") != "proj"})
     for p in prefixes:
         names = [f"{p}.{n}" for n in ("q_proj", "k_proj", "v_proj", "proj")]
         lacking = [f"{n}.weight" for n in names if f"{n}.weight" not in sd]
         if lacking:
-            raise ModelError(f"{ctx}: attention block {p} has q/k/v_proj but lacks "
-                             f"{', '.join(lacking)}")
+            raise ModelError(f"{ctx}: attention block {p} has q/k/v_proj but lacks {', '.join(lacking)}")
         q, k, v = (sd[f"{n}.weight"] for n in names[:3])
         if not (q.ndim == k.ndim == v.ndim == 2 and q.shape[1] == k.shape[1] == v.shape[1]):
-            raise ModelError(f"{ctx}: {p}: q/k/v_proj.weight shapes {list(q.shape)}, "
-                             f"{list(k.shape)}, {list(v.shape)} cannot be fused into in_proj_weight")
+            raise ModelError(
+                f"{ctx}: {p}: q/k/v_proj.weight shapes {list(q.shape)}, "
+                f"{list(k.shape)}, {list(v.shape)} cannot be fused into in_proj_weight"
+            )
         dtype = q.dtype if q.dtype in (torch.float32, torch.float64) else torch.float32
         rows = [q.shape[0], k.shape[0], v.shape[0]]
         shape = (sum(rows), q.shape[1])
@@ -113,7 +119,7 @@ def _convert(sd: dict, alpha, scaling, rank, ctx: str, targets: dict | None = No
             in_w = torch.empty(shape, dtype=dtype, device=q.device)
         start = 0
         for n, rws in zip(names[:3], rows):
-            _merged(sd, n, alpha, scaling, rank, ctx, out=in_w[start:start + rws])
+            _merged(sd, n, alpha, scaling, rank, ctx, out=in_w[start : start + rws])
             start += rws
         sd[f"{p}.in_proj_weight"] = in_w
         biases = [sd.pop(f"{n}.bias", None) for n in names[:3]]
@@ -128,8 +134,7 @@ def _convert(sd: dict, alpha, scaling, rank, ctx: str, targets: dict | None = No
     return sd
 
 
-def convert_clip_lora_state_dict(sd: dict, alpha: float, scaling: str,
-                                 rank: int | None = None) -> dict:
+def convert_clip_lora_state_dict(sd: dict, alpha: float, scaling: str, rank: int | None = None) -> dict:
     """OpenAI-named state dict with unmerged LoRA -> open_clip ``CLIP`` state dict (merged).
 
     ``sd`` is left as it was (the result shares its unchanged tensors); ``rank``, when given,
@@ -155,11 +160,16 @@ def load_clip_lora_checkpoint(spec, model) -> None:
     pre = f"{ctx} = {spec.checkpoint!r}"
     sd = unwrap_state_dict(safe_load(spec.checkpoint, ctx), pre)
     # no LoRA keys: tell the user plainly instead of a long missing/unexpected listing
-    if (not any(k.endswith("w_lora_A") for k in sd) and any(k.endswith(".in_proj_weight") for k in sd)
-            and not any(_PROJ.match(k) for k in sd)):
-        raise ModelError(f"{pre}: has no q_proj/v_proj or w_lora_A/B keys (fused in_proj "
-                         "weights instead): it is not a clip-lora checkpoint; use "
-                         "checkpoint_format = 'open_clip'")
+    if (
+        not any(k.endswith("w_lora_A") for k in sd)
+        and any(k.endswith(".in_proj_weight") for k in sd)
+        and not any(_PROJ.match(k) for k in sd)
+    ):
+        raise ModelError(
+            f"{pre}: has no q_proj/v_proj or w_lora_A/B keys (fused in_proj "
+            "weights instead): it is not a clip-lora checkpoint; use "
+            "checkpoint_format = 'open_clip'"
+        )
     import torch
 
     lo = spec.lora

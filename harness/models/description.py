@@ -21,6 +21,7 @@ from harness.fileid import portable
 from harness.models.preprocess import Preprocess
 from harness.suite import ModelSpec
 
+
 def file_sha256(path: str) -> str:
     """sha256 of a file's bytes, memoised per (path, size, mtime_ns, inode) in the process and
     on disk under the feature cache (:func:`harness.fileid.memo_sha256`)."""
@@ -39,15 +40,16 @@ def weights_fingerprint(spec: ModelSpec) -> str:
     h = hashlib.sha256()
     h.update(f"loader={LOADER_VERSION}|".encode())
     # where the files are mounted is not part of the identity (stores shared across nodes)
-    h.update(f"arch={portable(spec.arch)}|pretrained={portable(spec.pretrained)}"
-             f"|format={spec.checkpoint_format}".encode())
+    h.update(
+        f"arch={portable(spec.arch)}|pretrained={portable(spec.pretrained)}"
+        f"|format={spec.checkpoint_format}".encode()
+    )
     h.update(f"|lora={spec.lora}|polarity={spec.score_polarity}".encode())
     files: list[str] = []
     if spec.arch.startswith("local-dir:"):
-        d = spec.arch[len("local-dir:"):]
+        d = spec.arch[len("local-dir:") :]
         if os.path.isdir(d):
-            files += sorted(os.path.join(d, f) for f in os.listdir(d)
-                            if os.path.isfile(os.path.join(d, f)))
+            files += sorted(os.path.join(d, f) for f in os.listdir(d) if os.path.isfile(os.path.join(d, f)))
     for p in (spec.pretrained, spec.checkpoint, spec.head):
         if p and os.path.isfile(p):
             files.append(p)
@@ -67,8 +69,9 @@ def _open_clip_version() -> str:
 
 def description_path(spec: ModelSpec, cache_dir: str | os.PathLike, fingerprint: str) -> Path:
     """Where the description of ``spec`` (weights ``fingerprint``) lives under ``cache_dir``."""
-    key = hashlib.sha256(f"{fingerprint}|{spec.preprocess}|open_clip={_open_clip_version()}"
-                         .encode()).hexdigest()[:24]
+    key = hashlib.sha256(
+        f"{fingerprint}|{spec.preprocess}|open_clip={_open_clip_version()}".encode()
+    ).hexdigest()[:24]
     return Path(cache_dir) / "models" / f"{key}.json"
 
 

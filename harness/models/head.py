@@ -19,7 +19,7 @@ class Head:
     """
 
     weight: np.ndarray  # [2, D]
-    bias: np.ndarray    # [2]
+    bias: np.ndarray  # [2]
     polarity: str = "bonafide"
 
     def score(self, features: np.ndarray) -> np.ndarray:

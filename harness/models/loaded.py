@@ -37,16 +37,25 @@ class LoadedModel:
     what the forward passes actually run in; :attr:`fingerprint` includes it.
     """
 
-    def __init__(self, spec: ModelSpec, model: Any, tokenizer: Callable | None,
-                 preprocess: Preprocess, device: str, fingerprint: str, head: Head | None = None,
-                 autocast: str | bool | None = None, factory: Callable[[], LoadedModel] | None = None,
-                 on_load: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        spec: ModelSpec,
+        model: Any,
+        tokenizer: Callable | None,
+        preprocess: Preprocess,
+        device: str,
+        fingerprint: str,
+        head: Head | None = None,
+        autocast: str | bool | None = None,
+        factory: Callable[[], LoadedModel] | None = None,
+        on_load: Callable[[str], None] | None = None,
+    ):
         self.spec = spec
         self._model = model
         self._tokenizer = tokenizer
         self.preprocess = preprocess
         self.device = device
-        self.weights_fingerprint = fingerprint   # weights identity (image and text towers)
+        self.weights_fingerprint = fingerprint  # weights identity (image and text towers)
         self.head = head
         self.autocast = autocast_name(autocast)
         self._factory = factory
@@ -86,9 +95,11 @@ class LoadedModel:
                 self._error = e
                 raise
             if built.preprocess != self.preprocess:
-                raise ModelError(f"{self.spec.source}: [models.{self.id}]: the cached model "
-                                 f"description is stale (preprocessing {built.preprocess} != "
-                                 f"{self.preprocess}); rerun with --refresh-features")
+                raise ModelError(
+                    f"{self.spec.source}: [models.{self.id}]: the cached model "
+                    f"description is stale (preprocessing {built.preprocess} != "
+                    f"{self.preprocess}); rerun with --refresh-features"
+                )
             self._model, self._tokenizer, self._factory = built._model, built._tokenizer, None
             if self.on_load is not None:
                 self.on_load(self.id)

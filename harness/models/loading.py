@@ -25,9 +25,14 @@ from harness.models.preprocess import build_preprocess
 from harness.suite import ModelSpec
 
 _LOCAL_DIR_PREFERRED = (
-    "open_clip_model.safetensors", "open_clip_pytorch_model.safetensors",
-    "open_clip_pytorch_model.bin", "open_clip_pytorch_model.pth",
-    "model.safetensors", "pytorch_model.bin", "pytorch_model.pth", "model.pth",
+    "open_clip_model.safetensors",
+    "open_clip_pytorch_model.safetensors",
+    "open_clip_pytorch_model.bin",
+    "open_clip_pytorch_model.pth",
+    "model.safetensors",
+    "pytorch_model.bin",
+    "pytorch_model.pth",
+    "model.pth",
 )
 
 
@@ -40,14 +45,19 @@ def _local_dir_weights(spec: ModelSpec, d: str) -> str | None:
 
     Several candidates and none of open_clip's preferred names is an error here (open_clip
     would pick one alphabetically, with only a log line)."""
-    files = sorted(f for f in os.listdir(d) if f.endswith((".safetensors", ".bin", ".pth"))
-                   and os.path.isfile(os.path.join(d, f)))
+    files = sorted(
+        f
+        for f in os.listdir(d)
+        if f.endswith((".safetensors", ".bin", ".pth")) and os.path.isfile(os.path.join(d, f))
+    )
     for name in _LOCAL_DIR_PREFERRED:
         if name in files:
             return os.path.join(d, name)
     if len(files) > 1:
-        raise ModelError(f"{_where(spec)} arch = {spec.arch!r}: several weights files in the folder "
-                         f"({', '.join(files)}): keep one, or name it open_clip_model.safetensors")
+        raise ModelError(
+            f"{_where(spec)} arch = {spec.arch!r}: several weights files in the folder "
+            f"({', '.join(files)}): keep one, or name it open_clip_model.safetensors"
+        )
     return os.path.join(d, files[0]) if files else None
 
 
@@ -68,12 +78,16 @@ def _create_plan(spec: ModelSpec) -> tuple[dict, str | None]:
 
     arch = spec.arch
     has_ckpt = bool(spec.checkpoint)
-    kw: dict[str, Any] = {"pretrained": None, "load_weights": True,
-                          "force_quick_gelu": spec.checkpoint_format == "clip-lora" and has_ckpt,
-                          "force_preprocess_cfg": None, "require_pretrained": False}
+    kw: dict[str, Any] = {
+        "pretrained": None,
+        "load_weights": True,
+        "force_quick_gelu": spec.checkpoint_format == "clip-lora" and has_ckpt,
+        "force_preprocess_cfg": None,
+        "require_pretrained": False,
+    }
     weights_file = None
     if arch.startswith("local-dir:"):
-        d = arch[len("local-dir:"):]
+        d = arch[len("local-dir:") :]
         if not os.path.isdir(d):
             raise ModelError(f"{_where(spec)} arch = {arch!r}: folder not found: {d}")
         if not os.path.isfile(os.path.join(d, "open_clip_config.json")):
@@ -94,16 +108,20 @@ def _create_plan(spec: ModelSpec) -> tuple[dict, str | None]:
             import difflib
 
             close = difflib.get_close_matches(name, open_clip.list_models(), n=3)
-            raise ModelError(f"{_where(spec)} arch = {arch!r}: not an open_clip model name"
-                             + (f"; did you mean {', '.join(map(repr, close))}?" if close else
-                                "; see open_clip.list_models(), or use 'local-dir:PATH' / 'hf-hub:ORG/NAME'"))
+            raise ModelError(
+                f"{_where(spec)} arch = {arch!r}: not an open_clip model name"
+                + (
+                    f"; did you mean {', '.join(map(repr, close))}?"
+                    if close
+                    else "; see open_clip.list_models(), or use 'local-dir:PATH' / 'hf-hub:ORG/NAME'"
+                )
+            )
         if spec.pretrained:
             tag_cfg = get_pretrained_cfg(name, spec.pretrained)
             if tag_cfg:
                 if tag_cfg.get("quick_gelu"):
                     kw["force_quick_gelu"] = True
-                pp = {k: tag_cfg[k] for k in ("mean", "std", "interpolation", "resize_mode")
-                      if k in tag_cfg}
+                pp = {k: tag_cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in tag_cfg}
                 kw["force_preprocess_cfg"] = pp or None
                 if not has_ckpt:
                     kw["pretrained"] = spec.pretrained
@@ -111,13 +129,18 @@ def _create_plan(spec: ModelSpec) -> tuple[dict, str | None]:
             elif os.path.isfile(spec.pretrained):
                 if not has_ckpt:
                     weights_file = spec.pretrained
-            elif os.sep in spec.pretrained or "${" in spec.pretrained or \
-                    spec.pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")):
+            elif (
+                os.sep in spec.pretrained
+                or "${" in spec.pretrained
+                or spec.pretrained.endswith((".pt", ".pth", ".bin", ".safetensors"))
+            ):
                 raise ModelError(f"{_where(spec)} pretrained = {spec.pretrained!r}: file not found")
             else:
                 tags = list_pretrained_tags_by_model(name)
-                raise ModelError(f"{_where(spec)} pretrained = {spec.pretrained!r}: not a pretrained tag "
-                                 f"of {name!r} (its tags: {', '.join(tags) or 'none'}) nor a file")
+                raise ModelError(
+                    f"{_where(spec)} pretrained = {spec.pretrained!r}: not a pretrained tag "
+                    f"of {name!r} (its tags: {', '.join(tags) or 'none'}) nor a file"
+                )
     return kw, weights_file
 
 
@@ -126,7 +149,7 @@ def _hf_cache_dir() -> str:
         from huggingface_hub import constants
 
         return constants.HF_HUB_CACHE
-    except Exception:  # noqa: BLE001  # pragma: no cover
+    except Exception:  # pragma: no cover
         return "~/.cache/huggingface/hub"
 
 
@@ -135,7 +158,7 @@ def _offline() -> bool:
         from huggingface_hub import constants
 
         return bool(constants.HF_HUB_OFFLINE)
-    except Exception:  # noqa: BLE001  # pragma: no cover
+    except Exception:  # pragma: no cover
         return os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
 
 
@@ -144,17 +167,21 @@ def _download_error(spec: ModelSpec, e: Exception) -> ModelError:
     from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
     from open_clip.pretrained import get_pretrained_cfg
 
-    why = ("are not in the local cache and HF_HUB_OFFLINE=1 forbids downloading them" if _offline()
-           else f"could not be downloaded ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})")
+    why = (
+        "are not in the local cache and HF_HUB_OFFLINE=1 forbids downloading them"
+        if _offline()
+        else f"could not be downloaded ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})"
+    )
     cache = _hf_cache_dir()
     if spec.arch.startswith("hf-hub:"):
-        repo = spec.arch[len("hf-hub:"):]
+        repo = spec.arch[len("hf-hub:") :]
         return ModelError(
             f"{_where(spec)} arch = {spec.arch!r}: open_clip_config.json and the weights "
             f"({HF_SAFE_WEIGHTS_NAME} or {HF_WEIGHTS_NAME}) of the Hugging Face repo {repo} {why} "
             f"(cache: {cache}); run once with network access (HF_HUB_OFFLINE unset), or fetch them "
             f"with `hf download {repo}`, or put both files in a folder and use "
-            f"arch = 'local-dir:/path/to/folder'")
+            f"arch = 'local-dir:/path/to/folder'"
+        )
     cfg = get_pretrained_cfg(spec.arch.replace("/", "-"), spec.pretrained or "")
     hub = cfg.get("hf_hub", "")
     if hub:
@@ -171,7 +198,8 @@ def _download_error(spec: ModelSpec, e: Exception) -> ModelError:
     return ModelError(
         f"{_where(spec)} arch = {spec.arch!r}, pretrained = {spec.pretrained!r}: the weights {what} "
         f"{why}; run once with network access (HF_HUB_OFFLINE unset), or fetch them with {how} "
-        f"and set pretrained = '/path/to/{fname}'")
+        f"and set pretrained = '/path/to/{fname}'"
+    )
 
 
 def _create_open_clip(spec: ModelSpec, device: str):
@@ -186,21 +214,32 @@ def _create_open_clip(spec: ModelSpec, device: str):
     try:
         model = open_clip.create_model(spec.arch, device="cpu", **kw)
     except pickle.UnpicklingError:
-        raise UnsafePickleError(f"{_where(spec)} arch = {spec.arch!r}, pretrained = {spec.pretrained!r}: "
-                                "the downloaded weights are a pickle that references more than "
-                                "tensors; refused, nothing was executed") from None
+        raise UnsafePickleError(
+            f"{_where(spec)} arch = {spec.arch!r}, pretrained = {spec.pretrained!r}: "
+            "the downloaded weights are a pickle that references more than "
+            "tensors; refused, nothing was executed"
+        ) from None
     except (FileNotFoundError, ValueError) as e:
         raise ModelError(f"{_where(spec)} arch = {spec.arch!r}: {str(e).splitlines()[0]}") from None
     except RuntimeError as e:
         msg = str(e)
-        if "download" in msg.lower() or "could not be loaded" in msg or "offline" in msg.lower() \
-                or "HF Hub" in msg:
+        if (
+            "download" in msg.lower()
+            or "could not be loaded" in msg
+            or "offline" in msg.lower()
+            or "HF Hub" in msg
+        ):
             raise _download_error(spec, e) from None
-        raise ModelError(f"{_where(spec)} arch = {spec.arch!r}, pretrained = {spec.pretrained!r}: "
-                         f"{msg.splitlines()[0] if msg else type(e).__name__}") from None
+        raise ModelError(
+            f"{_where(spec)} arch = {spec.arch!r}, pretrained = {spec.pretrained!r}: "
+            f"{msg.splitlines()[0] if msg else type(e).__name__}"
+        ) from None
     if weights_file is not None:
-        key = "pretrained" if spec.pretrained and os.path.abspath(weights_file) == \
-            os.path.abspath(spec.pretrained) else "arch (local-dir weights)"
+        key = (
+            "pretrained"
+            if spec.pretrained and os.path.abspath(weights_file) == os.path.abspath(spec.pretrained)
+            else "arch (local-dir weights)"
+        )
         load_open_clip_file(model, weights_file, f"{_where(spec)} {key}", spec.arch)
     tokenizer = open_clip.get_tokenizer(spec.arch)
     return model, tokenizer
@@ -217,8 +256,10 @@ def load_model(spec: ModelSpec, device: str = "cpu", autocast: str | bool | None
     if spec.checkpoint:
         loader = _CHECKPOINT_FORMATS.get(spec.checkpoint_format)
         if loader is None:
-            raise ModelError(f"{spec.source}: [models.{spec.id}] checkpoint_format = "
-                             f"{spec.checkpoint_format!r} is not supported")
+            raise ModelError(
+                f"{spec.source}: [models.{spec.id}] checkpoint_format = "
+                f"{spec.checkpoint_format!r} is not supported"
+            )
         loader(spec, model)
     embed_dim = getattr(getattr(model, "visual", None), "output_dim", None)
     head = load_head(spec, embed_dim) if spec.head else None
@@ -227,8 +268,9 @@ def load_model(spec: ModelSpec, device: str = "cpu", autocast: str | bool | None
     return LoadedModel(spec, model, tokenizer, pre, device, weights_fingerprint(spec), head, autocast)
 
 
-def open_model(spec: ModelSpec, device: str, autocast: str | bool | None, cache_dir, on_load=None
-               ) -> LoadedModel:
+def open_model(
+    spec: ModelSpec, device: str, autocast: str | bool | None, cache_dir, on_load=None
+) -> LoadedModel:
     """A model whose network is built only when needed.
 
     The preprocessing (which, with the weights' fingerprint, keys the cached features) is
@@ -249,8 +291,18 @@ def open_model(spec: ModelSpec, device: str, autocast: str | bool | None, cache_
         return model
     pre, embed_dim = desc
     head = load_head(spec, embed_dim) if spec.head else None
-    return LoadedModel(spec, None, None, pre, device, fp, head, autocast,
-                       factory=lambda: load_model(spec, device, autocast), on_load=on_load)
+    return LoadedModel(
+        spec,
+        None,
+        None,
+        pre,
+        device,
+        fp,
+        head,
+        autocast,
+        factory=lambda: load_model(spec, device, autocast),
+        on_load=on_load,
+    )
 
 
 def _load_open_clip_checkpoint(spec: ModelSpec, model) -> None:
@@ -269,4 +321,3 @@ _CHECKPOINT_FORMATS: dict[str, Callable[[ModelSpec, Any], None]] = {
     "open_clip": _load_open_clip_checkpoint,
     "clip-lora": _load_clip_lora_checkpoint,
 }
-

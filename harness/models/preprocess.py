@@ -50,8 +50,9 @@ INTERPOLATIONS: dict[str, tuple[str, ...]] = {
 ALL_INTERPOLATIONS = tuple(dict.fromkeys(i for v in INTERPOLATIONS.values() for i in v))
 # antialias each backend uses when the suite does not say; None: the suite may choose.
 _FIXED_ANTIALIAS = {"pil": True, "opencv": False, "torchvision": None}
-OPENCV_EXTRA = ("resize_backend = 'opencv' needs OpenCV: pip install 'tradeoff-bench[opencv]' "
-                "(or opencv-python-headless)")
+OPENCV_EXTRA = (
+    "resize_backend = 'opencv' needs OpenCV: pip install 'tradeoff-bench[opencv]' (or opencv-python-headless)"
+)
 
 
 @dataclass(frozen=True)
@@ -75,25 +76,36 @@ class Preprocess:
         return _Transform(self)
 
 
-def spec_problem(backend: str | None, interpolation: str | None,
-                 antialias: bool | None) -> tuple[str, str] | None:
+def spec_problem(
+    backend: str | None, interpolation: str | None, antialias: bool | None
+) -> tuple[str, str] | None:
     """``(key, message)`` when the preprocessing keys contradict each other, else None."""
     b = backend or "pil"
     if interpolation is not None and interpolation not in INTERPOLATIONS[b]:
-        return "interpolation", (f"resize_backend = {b!r} has no {interpolation!r} interpolation; "
-                                 f"expected one of {', '.join(map(repr, INTERPOLATIONS[b]))}")
+        return "interpolation", (
+            f"resize_backend = {b!r} has no {interpolation!r} interpolation; "
+            f"expected one of {', '.join(map(repr, INTERPOLATIONS[b]))}"
+        )
     fixed = _FIXED_ANTIALIAS[b]
     if antialias is not None and fixed is not None and antialias != fixed:
-        why = ("PIL always antialiases when it shrinks; use resize_backend = 'torchvision' or "
-               "'opencv' for a plain kernel" if b == "pil" else
-               "cv2.resize never antialiases; interpolation = 'area' is OpenCV's filtered downscale")
+        why = (
+            "PIL always antialiases when it shrinks; use resize_backend = 'torchvision' or "
+            "'opencv' for a plain kernel"
+            if b == "pil"
+            else "cv2.resize never antialiases; interpolation = 'area' is OpenCV's filtered downscale"
+        )
         return "antialias", f"resize_backend = {b!r} cannot do antialias = {str(antialias).lower()}: {why}"
     return None
 
 
-_CV2_FLAGS = {"nearest": "INTER_NEAREST", "nearest-exact": "INTER_NEAREST_EXACT",
-              "bilinear": "INTER_LINEAR", "bicubic": "INTER_CUBIC", "area": "INTER_AREA",
-              "lanczos": "INTER_LANCZOS4"}
+_CV2_FLAGS = {
+    "nearest": "INTER_NEAREST",
+    "nearest-exact": "INTER_NEAREST_EXACT",
+    "bilinear": "INTER_LINEAR",
+    "bicubic": "INTER_CUBIC",
+    "area": "INTER_AREA",
+    "lanczos": "INTER_LANCZOS4",
+}
 
 
 def _shortest_side_size(h: int, w: int, size: int) -> tuple[int, int]:
@@ -161,8 +173,9 @@ class _Transform:
         return self.normalize(self.pixels(img))
 
 
-def build_preprocess(spec: PreprocessSpec, open_clip_cfg: dict | None = None,
-                     where: str = "preprocess") -> Preprocess:
+def build_preprocess(
+    spec: PreprocessSpec, open_clip_cfg: dict | None = None, where: str = "preprocess"
+) -> Preprocess:
     """The resolved preprocessing; ``where`` (e.g. ``suite.toml: [models.x] preprocess``) prefixes
     errors: contradicting keys, or ``resize_backend = "opencv"`` without OpenCV installed."""
     cfg = dict(open_clip_cfg or {})

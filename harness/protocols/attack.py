@@ -50,7 +50,8 @@ Scoring helpers for models without a task head: :func:`text_scores` (CLIP text p
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -59,9 +60,17 @@ from harness.errors import DataError
 from harness.protocols import ProtocolResult
 
 __all__ = [
-    "OPERATING_POINTS", "AttackResult", "ProtocolResult", "attack_metrics", "average_per_video",
-    "resolve_threshold", "evaluate_pad", "evaluate_mad", "evaluate",
-    "text_scores", "probe_scores",
+    "OPERATING_POINTS",
+    "AttackResult",
+    "ProtocolResult",
+    "attack_metrics",
+    "average_per_video",
+    "resolve_threshold",
+    "evaluate_pad",
+    "evaluate_mad",
+    "evaluate",
+    "text_scores",
+    "probe_scores",
 ]
 
 OPERATING_POINTS: tuple[float, ...] = (0.01, 0.05, 0.1, 0.2)
@@ -79,9 +88,10 @@ def _rate_key(x: float) -> str:
 
 # ------------------------------------------------------------------------------- video average
 
-def average_per_video(scores: Any, labels: Any, video_ids: Any, attack_types: Any = None, *,
-                      upstream_mean: bool = False
-                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
+
+def average_per_video(
+    scores: Any, labels: Any, video_ids: Any, attack_types: Any = None, *, upstream_mean: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
     """Mean frame score per video id -> ``(scores, labels, attack_types, video_ids)``.
 
     Samples with an empty (``""``) or ``None`` video id stay on their own.  Every frame of a
@@ -113,15 +123,17 @@ def average_per_video(scores: Any, labels: Any, video_ids: Any, attack_types: An
     mixed = (pos != 0) & (pos != count)
     if np.any(mixed):
         g = int(np.flatnonzero(mixed)[0])
-        raise DataError(f"video {ids[g]!r} mixes bona fide and attack frames; labels must agree "
-                        "within a video")
+        raise DataError(
+            f"video {ids[g]!r} mixes bona fide and attack frames; labels must agree within a video"
+        )
     if upstream_mean:
         s0 = np.asarray(scores)
         s0 = s0 if s0.dtype == np.float32 else s
         by_group = np.argsort(group, kind="stable")
         starts = np.r_[0, np.cumsum(count)]
-        out_s = np.array([np.mean(s0[by_group[starts[g]:starts[g + 1]]]) for g in range(n_groups)],
-                         dtype=s0.dtype)
+        out_s = np.array(
+            [np.mean(s0[by_group[starts[g] : starts[g + 1]]]) for g in range(n_groups)], dtype=s0.dtype
+        )
     else:
         out_s = np.bincount(group, weights=s, minlength=n_groups) / count
     out_y = (pos == count).astype(np.int64)
@@ -129,20 +141,26 @@ def average_per_video(scores: Any, labels: Any, video_ids: Any, attack_types: An
     if attack_types is not None:
         at = np.asarray(attack_types)
         out_t = np.empty(n_groups, dtype=at.dtype)
-        out_t[group] = at                                   # one representative per video
+        out_t[group] = at  # one representative per video
         attack = ~y
         bad = attack & (at != out_t[group])
         if np.any(bad):
             g = int(group[np.flatnonzero(bad)[0]])
-            raise DataError(f"video {ids[g]!r} mixes attack types; attack_type must agree "
-                            "within a video")
+            raise DataError(f"video {ids[g]!r} mixes attack types; attack_type must agree within a video")
     return out_s, out_y, out_t, ids
 
 
 # ---------------------------------------------------------------------------------- thresholds
 
-def resolve_threshold(threshold: Any, scores: Any, labels: Any, dev_scores: Any = None,
-                      dev_labels: Any = None, rule: str = "iso") -> tuple[float, str]:
+
+def resolve_threshold(
+    threshold: Any,
+    scores: Any,
+    labels: Any,
+    dev_scores: Any = None,
+    dev_labels: Any = None,
+    rule: str = "iso",
+) -> tuple[float, str]:
     """``(threshold value, source)`` for ``"test-eer"``, ``"dev-eer"`` or a number (EER
     thresholds by the metric ``rule``)."""
     if isinstance(threshold, str):
@@ -163,8 +181,16 @@ def resolve_threshold(threshold: Any, scores: Any, labels: Any, dev_scores: Any 
 
 # ------------------------------------------------------------------------------------ metrics
 
-def _rule_metrics(scores: Any, labels: Any, threshold: float | None, attack_types: Any,
-                  operating_points: Sequence[float], per_type: bool, rule: str) -> dict[str, float]:
+
+def _rule_metrics(
+    scores: Any,
+    labels: Any,
+    threshold: float | None,
+    attack_types: Any,
+    operating_points: Sequence[float],
+    per_type: bool,
+    rule: str,
+) -> dict[str, float]:
     """The metrics under an upstream rule; ``threshold=None``: the rule's own EER point."""
     s, y = M._validate(scores, labels)
     pt = M.eer_point(scores, labels, rule)
@@ -191,8 +217,7 @@ def _rule_metrics(scores: Any, labels: Any, threshold: float | None, attack_type
 
 def _check_metric_rule(rule: Any) -> str:
     if not isinstance(rule, str) or rule not in METRIC_RULES:
-        raise ValueError(f"metric_rule must be one of {', '.join(map(repr, METRIC_RULES))}, "
-                         f"got {rule!r}")
+        raise ValueError(f"metric_rule must be one of {', '.join(map(repr, METRIC_RULES))}, got {rule!r}")
     return rule
 
 
@@ -203,17 +228,23 @@ def _rule_details(rule: str) -> dict[str, Any]:
     return d
 
 
-def attack_metrics(scores: Any, labels: Any, threshold: float | None, attack_types: Any = None, *,
-                   operating_points: Sequence[float] = OPERATING_POINTS,
-                   per_type: bool = False, rule: str = "iso") -> dict[str, float]:
+def attack_metrics(
+    scores: Any,
+    labels: Any,
+    threshold: float | None,
+    attack_types: Any = None,
+    *,
+    operating_points: Sequence[float] = OPERATING_POINTS,
+    per_type: bool = False,
+    rule: str = "iso",
+) -> dict[str, float]:
     """Every attack-detection metric at a numeric ``threshold`` (see the module docstring).
 
     ``rule`` ``"madation"`` / ``"foundpad"``: the upstream rule; ``threshold=None`` then
     means the rule's own EER point (the rates at it exactly as the upstream code reports them).
     """
     if _check_metric_rule(rule) != "iso":
-        return _rule_metrics(scores, labels, threshold, attack_types, operating_points, per_type,
-                             rule)
+        return _rule_metrics(scores, labels, threshold, attack_types, operating_points, per_type, rule)
     if threshold is None:
         raise ValueError("threshold must be a number with rule 'iso'")
     s, y = M._validate(scores, labels)
@@ -249,10 +280,11 @@ def _prepare(scores, labels, attack_types, video_ids, video_average, rule="iso")
     if rule != "iso":
         s0 = np.asarray(scores)
         if s0.dtype == np.float32:
-            s = s0       # upstream precision: the rule z-normalises float32 scores in float32
+            s = s0  # upstream precision: the rule z-normalises float32 scores in float32
     if video_average and video_ids is not None:
-        s, y, attack_types, _ = average_per_video(s, y, video_ids, attack_types,
-                                                  upstream_mean=rule == "foundpad")
+        s, y, attack_types, _ = average_per_video(
+            s, y, video_ids, attack_types, upstream_mean=rule == "foundpad"
+        )
     elif video_ids is not None and len(np.asarray(video_ids, dtype=object)) != n_samples:
         raise ValueError(f"length mismatch: {n_samples} scores but {len(video_ids)} video_ids")
     return s, y, attack_types, n_samples
@@ -262,17 +294,28 @@ def _dev(dev_scores, dev_labels, dev_video_ids, video_average, rule="iso"):
     if dev_scores is None or dev_labels is None:
         return dev_scores, dev_labels
     if video_average and dev_video_ids is not None:
-        ds, dy, _, _ = average_per_video(dev_scores, dev_labels, dev_video_ids,
-                                         upstream_mean=rule == "foundpad")
+        ds, dy, _, _ = average_per_video(
+            dev_scores, dev_labels, dev_video_ids, upstream_mean=rule == "foundpad"
+        )
         return ds, dy
     return dev_scores, dev_labels
 
 
-def evaluate_pad(scores: Any, labels: Any, attack_types: Any = None, video_ids: Any = None, *,
-                 threshold: str | float = "test-eer", dev_scores: Any = None,
-                 dev_labels: Any = None, dev_video_ids: Any = None, video_average: bool = True,
-                 operating_points: Sequence[float] = OPERATING_POINTS,
-                 per_type: bool = True, metric_rule: str = "iso") -> AttackResult:
+def evaluate_pad(
+    scores: Any,
+    labels: Any,
+    attack_types: Any = None,
+    video_ids: Any = None,
+    *,
+    threshold: str | float = "test-eer",
+    dev_scores: Any = None,
+    dev_labels: Any = None,
+    dev_video_ids: Any = None,
+    video_average: bool = True,
+    operating_points: Sequence[float] = OPERATING_POINTS,
+    per_type: bool = True,
+    metric_rule: str = "iso",
+) -> AttackResult:
     """PAD protocol: all attacks against all bona fide samples.
 
     With ``video_ids`` and ``video_average`` the frame scores of each video are averaged first
@@ -290,19 +333,35 @@ def evaluate_pad(scores: Any, labels: Any, attack_types: Any = None, video_ids: 
     ds, dy = _dev(dev_scores, dev_labels, dev_video_ids, video_average, rule)
     t, source = resolve_threshold(threshold, s, y, ds, dy, rule)
     own_point = rule != "iso" and source == "test-eer"
-    metrics = attack_metrics(s, y, None if own_point else t, at,
-                             operating_points=operating_points, per_type=per_type, rule=rule)
-    details = {"threshold": t, "threshold_source": source, **_rule_details(rule),
-               "n_samples": n_samples, "n_scored": int(len(s)), "n_bona_fide": int(y.sum()),
-               "n_attack": int(len(y) - y.sum())}
+    metrics = attack_metrics(
+        s, y, None if own_point else t, at, operating_points=operating_points, per_type=per_type, rule=rule
+    )
+    details = {
+        "threshold": t,
+        "threshold_source": source,
+        **_rule_details(rule),
+        "n_samples": n_samples,
+        "n_scored": int(len(s)),
+        "n_bona_fide": int(y.sum()),
+        "n_attack": int(len(y) - y.sum()),
+    }
     return AttackResult(metrics, details)
 
 
-def evaluate_mad(scores: Any, labels: Any, attack_types: Any, video_ids: Any = None, *,
-                 threshold: str | float = "test-eer", dev_scores: Any = None,
-                 dev_labels: Any = None, dev_video_ids: Any = None, video_average: bool = True,
-                 operating_points: Sequence[float] = OPERATING_POINTS,
-                 metric_rule: str = "iso") -> AttackResult:
+def evaluate_mad(
+    scores: Any,
+    labels: Any,
+    attack_types: Any,
+    video_ids: Any = None,
+    *,
+    threshold: str | float = "test-eer",
+    dev_scores: Any = None,
+    dev_labels: Any = None,
+    dev_video_ids: Any = None,
+    video_average: bool = True,
+    operating_points: Sequence[float] = OPERATING_POINTS,
+    metric_rule: str = "iso",
+) -> AttackResult:
     """MAD protocol: bona fide against each morphing method, then the average over methods.
 
     ``attack_types`` names each attack's morphing method (required).  For each method ``m``
@@ -334,8 +393,9 @@ def evaluate_mad(scores: Any, labels: Any, attack_types: Any, video_ids: Any = N
         t = M.eer_threshold(sm, ym, rule=rule) if fixed is None else fixed
         thresholds[str(m)] = float(t)
         own_point = rule != "iso" and fixed is None
-        met = attack_metrics(sm, ym, None if own_point else t, None,
-                             operating_points=operating_points, rule=rule)
+        met = attack_metrics(
+            sm, ym, None if own_point else t, None, operating_points=operating_points, rule=rule
+        )
         met.pop("apcer_pooled")
         per_method[str(m)] = met
     names = list(next(iter(per_method.values())))
@@ -345,15 +405,23 @@ def evaluate_mad(scores: Any, labels: Any, attack_types: Any, video_ids: Any = N
     for m, met in per_method.items():
         for k in names:
             metrics[f"{k}[{m}]"] = met[k]
-    details = {"threshold": fixed, "threshold_source": source, **_rule_details(rule),
-               "thresholds": thresholds, "methods": list(per_method), "n_samples": n_samples,
-               "n_scored": int(len(s)), "n_bona_fide": int(yb.sum()),
-               "n_attack": int(len(yb) - yb.sum())}
+    details = {
+        "threshold": fixed,
+        "threshold_source": source,
+        **_rule_details(rule),
+        "thresholds": thresholds,
+        "methods": list(per_method),
+        "n_samples": n_samples,
+        "n_scored": int(len(s)),
+        "n_bona_fide": int(yb.sum()),
+        "n_attack": int(len(yb) - yb.sum()),
+    }
     return AttackResult(metrics, details)
 
 
-def evaluate(protocol: str, scores: Any, labels: Any, attack_types: Any = None,
-             video_ids: Any = None, **kw: Any) -> AttackResult:
+def evaluate(
+    protocol: str, scores: Any, labels: Any, attack_types: Any = None, video_ids: Any = None, **kw: Any
+) -> AttackResult:
     """Dispatch on the protocol name: ``"pad"`` -> :func:`evaluate_pad`, ``"mad"`` ->
     :func:`evaluate_mad`."""
     if protocol == "pad":
@@ -364,6 +432,7 @@ def evaluate(protocol: str, scores: Any, labels: Any, attack_types: Any = None,
 
 
 # ------------------------------------------------------------------------------------ scoring
+
 
 def _unit_rows(x: np.ndarray, name: str) -> np.ndarray:
     n = np.linalg.norm(x, axis=-1, keepdims=True)
@@ -381,8 +450,9 @@ def _class_embedding(emb: Any, name: str, dim: int) -> np.ndarray:
     return _unit_rows(_unit_rows(e, name).mean(axis=0), name)
 
 
-def text_scores(image_features: Any, bona_fide_text_emb: Any, attack_text_emb: Any, *,
-                logit: bool = False) -> np.ndarray:
+def text_scores(
+    image_features: Any, bona_fide_text_emb: Any, attack_text_emb: Any, *, logit: bool = False
+) -> np.ndarray:
     """Zero-shot P(bona fide) from CLIP text prompts.
 
     Each class embedding = normalise(mean(normalise(prompt embeddings))) (CLIP's zero-shot
@@ -400,12 +470,13 @@ def text_scores(image_features: Any, bona_fide_text_emb: Any, attack_text_emb: A
     z = 100.0 * (x @ b - x @ a)
     if logit:
         return z
-    e = np.exp(-np.abs(z))                   # the logistic function, overflow-free
+    e = np.exp(-np.abs(z))  # the logistic function, overflow-free
     return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
-def probe_scores(train_x: Any, train_y: Any, test_x: Any, *, seed: int = 0, C: float = 1.0,
-                 max_iter: int = 1000) -> np.ndarray:
+def probe_scores(
+    train_x: Any, train_y: Any, test_x: Any, *, seed: int = 0, C: float = 1.0, max_iter: int = 1000
+) -> np.ndarray:
     """P(bona fide) from a logistic-regression probe trained on the benchmark's train split.
 
     Features are standardised with the train split's mean and std (scikit-learn
@@ -425,10 +496,10 @@ def probe_scores(train_x: Any, train_y: Any, test_x: Any, *, seed: int = 0, C: f
         raise ValueError(f"feature size mismatch: train_x has {xtr.shape[1]}, test_x {xte.shape[1]}")
     ytr = M._as_labels(train_y, len(xtr))
     if ytr.all() or not ytr.any():
-        raise ValueError("only one class present in train_y: the probe needs bona fide (1) and "
-                         "attack (0) samples")
-    model = make_pipeline(StandardScaler(),
-                          LogisticRegression(C=C, max_iter=max_iter, random_state=seed))
+        raise ValueError(
+            "only one class present in train_y: the probe needs bona fide (1) and attack (0) samples"
+        )
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter, random_state=seed))
     model.fit(xtr, ytr.astype(np.int64))
     col = list(model.classes_).index(1)
     return model.predict_proba(xte)[:, col]

@@ -34,7 +34,8 @@ threshold, so a TAR read off a FAR above the target (or off zero false accepts w
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -44,8 +45,8 @@ FARS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 FAR_RULES = ("at-most", "insightface")
 IMAGE_NORMS = ("keep", "unit")
 DEFAULT_CHUNK = 1 << 14
-_REL_TOL = 1e-12            # as harness.metrics: k / N <= far reaches k exactly
-_MIN_GROUP = 32             # mean pairs per first template below which blocks gather both sides
+_REL_TOL = 1e-12  # as harness.metrics: k / N <= far reaches k exactly
+_MIN_GROUP = 32  # mean pairs per first template below which blocks gather both sides
 
 
 def far_key(far: float) -> str:
@@ -57,9 +58,16 @@ def far_key(far: float) -> str:
 
 # ------------------------------------------------------------------------- template features
 
-def template_features(image_features: Any, template_id: Any, media_id: Any,
-                      faceness: Any = None, *, detector_score_weight: bool = True,
-                      image_norm: str = "keep") -> tuple[np.ndarray, np.ndarray]:
+
+def template_features(
+    image_features: Any,
+    template_id: Any,
+    media_id: Any,
+    faceness: Any = None,
+    *,
+    detector_score_weight: bool = True,
+    image_norm: str = "keep",
+) -> tuple[np.ndarray, np.ndarray]:
     """``(templates [T], features [T, D] float32)``: sorted template ids and unit template vectors.
 
     See the module docstring for the steps.  A template whose vector is zero (e.g. every
@@ -100,12 +108,10 @@ def template_features(image_features: Any, template_id: Any, media_id: Any,
         key = t_idx * np.int64(span) + (mid - lo)
         _, g_idx, g_count = np.unique(key, return_inverse=True, return_counts=True)
     else:
-        _, g_idx, g_count = np.unique(np.stack([t_idx, mid]), axis=1, return_inverse=True,
-                                      return_counts=True)
+        _, g_idx, g_count = np.unique(np.stack([t_idx, mid]), axis=1, return_inverse=True, return_counts=True)
     g_idx = g_idx.ravel()
     w /= g_count[g_idx]
-    a = sparse.csr_matrix((w.astype(np.float32), (t_idx, np.arange(m))),
-                          shape=(len(templates), m))
+    a = sparse.csr_matrix((w.astype(np.float32), (t_idx, np.arange(m))), shape=(len(templates), m))
     feats = np.asarray(a @ x, dtype=np.float64)
     norms = np.linalg.norm(feats, axis=1, keepdims=True)
     feats = np.divide(feats, norms, out=np.zeros_like(feats), where=norms > 0)
@@ -123,6 +129,7 @@ def _ids(v: Any, m: int, name: str) -> np.ndarray:
 
 # ------------------------------------------------------------------------------- pair scores
 
+
 def pair_rows(templates: np.ndarray, pairs: Any) -> np.ndarray:
     """Rows of ``templates`` (sorted ids) for each template id in ``pairs [P, 2]`` (intp)."""
     p = np.asarray(pairs)
@@ -139,8 +146,9 @@ def pair_rows(templates: np.ndarray, pairs: Any) -> np.ndarray:
     return rows
 
 
-def pair_scores(templates: np.ndarray, features: np.ndarray, pairs: Any, *,
-                chunk: int = DEFAULT_CHUNK) -> np.ndarray:
+def pair_scores(
+    templates: np.ndarray, features: np.ndarray, pairs: Any, *, chunk: int = DEFAULT_CHUNK
+) -> np.ndarray:
     """Cosine score ``[P]`` (float32) of each template pair, in blocks of ``chunk`` pairs."""
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
@@ -182,15 +190,17 @@ def _scores_by_group(f: np.ndarray, ra: np.ndarray, rb: np.ndarray, chunk: int) 
     for s, e, a in zip(starts.tolist(), ends.tolist(), firsts.tolist()):
         fa = f[a]
         for s2 in range(s, e, chunk):
-            idx = order[s2:min(s2 + chunk, e)]
+            idx = order[s2 : min(s2 + chunk, e)]
             out[idx] = f[rb[idx]] @ fa
     return out
 
 
 # --------------------------------------------------------------------------------- TAR @ FAR
 
-def tar_at_fars(scores: Any, labels: Any, fars: Sequence[float] = FARS,
-                far_rule: str = "at-most") -> tuple[dict[str, float], dict[str, dict]]:
+
+def tar_at_fars(
+    scores: Any, labels: Any, fars: Sequence[float] = FARS, far_rule: str = "at-most"
+) -> tuple[dict[str, float], dict[str, dict]]:
     """TAR at each target FAR from one sort: ``({key: tar}, {key: operating point})``.
 
     Keys are :func:`far_key` names.  Each operating point holds ``far`` (achieved),
@@ -199,8 +209,7 @@ def tar_at_fars(scores: Any, labels: Any, fars: Sequence[float] = FARS,
     if far_rule not in FAR_RULES:
         raise ValueError(f"far_rule must be one of {FAR_RULES}, got {far_rule!r}")
     s = np.asarray(scores)
-    if s.ndim != 1 or not np.issubdtype(s.dtype, np.floating) and not np.issubdtype(
-            s.dtype, np.integer):
+    if s.ndim != 1 or not np.issubdtype(s.dtype, np.floating) and not np.issubdtype(s.dtype, np.integer):
         raise ValueError(f"scores must be a 1-D numeric array, got {s.dtype} {s.shape}")
     y = np.asarray(labels)
     if y.shape != s.shape:
@@ -214,13 +223,12 @@ def tar_at_fars(scores: Any, labels: Any, fars: Sequence[float] = FARS,
     n_pos = int(np.count_nonzero(y))
     n_neg = len(y) - n_pos
     if n_pos == 0 or n_neg == 0:
-        raise ValueError(f"need genuine and impostor pairs, got {n_pos} genuine and {n_neg} "
-                         f"impostor")
+        raise ValueError(f"need genuine and impostor pairs, got {n_pos} genuine and {n_neg} impostor")
     for far in fars:
         if not 0.0 < float(far) <= 1.0:
             raise ValueError(f"every far must be in (0, 1], got {far!r}")
 
-    order = np.argsort(s)[::-1]                 # the one sort: descending scores
+    order = np.argsort(s)[::-1]  # the one sort: descending scores
     ss = s[order]
     tp_all = np.cumsum(y[order], dtype=np.int64)
     del order
@@ -252,26 +260,39 @@ def tar_at_fars(scores: Any, labels: Any, fars: Sequence[float] = FARS,
     for far in fars:
         far = float(far)
         if far_rule == "at-most":
-            k = int(np.searchsorted(fp0, int(np.floor(far * n_neg * (1 + _REL_TOL))),
-                                    side="right")) - 1
+            k = int(np.searchsorted(fp0, int(np.floor(far * n_neg * (1 + _REL_TOL))), side="right")) - 1
         else:
             dist = np.abs(fpr - far)
             k = len(dist) - 1 - int(np.argmin(dist[::-1]))
         key = far_key(far)
         metrics[key] = float(tp0[k] / n_pos)
-        details[key] = {"far": float(fp0[k] / n_neg), "false_accepts": int(fp0[k]),
-                        "true_accepts": int(tp0[k]),
-                        "threshold": None if np.isinf(thr0[k]) else float(thr0[k]),
-                        "resolvable": bool(far * n_neg >= 1)}
+        details[key] = {
+            "far": float(fp0[k] / n_neg),
+            "false_accepts": int(fp0[k]),
+            "true_accepts": int(tp0[k]),
+            "threshold": None if np.isinf(thr0[k]) else float(thr0[k]),
+            "resolvable": bool(far * n_neg >= 1),
+        }
     return metrics, details
 
 
 # ---------------------------------------------------------------------------------- protocol
 
-def evaluate(image_features: Any, template_id: Any, media_id: Any, faceness: Any, pairs: Any,
-             pair_label: Any, *, far_rule: str = "at-most", detector_score_weight: bool = True,
-             image_norm: str = "keep", fars: Sequence[float] = FARS,
-             chunk: int = DEFAULT_CHUNK) -> ProtocolResult:
+
+def evaluate(
+    image_features: Any,
+    template_id: Any,
+    media_id: Any,
+    faceness: Any,
+    pairs: Any,
+    pair_label: Any,
+    *,
+    far_rule: str = "at-most",
+    detector_score_weight: bool = True,
+    image_norm: str = "keep",
+    fars: Sequence[float] = FARS,
+    chunk: int = DEFAULT_CHUNK,
+) -> ProtocolResult:
     """IJB 1:1 verification: ``(metrics, details)``.
 
     ``metrics``: ``{"tar@far=1e-6": ..., ..., "tar@far=1e-1": ...}`` (plain floats, one per
@@ -284,16 +305,24 @@ def evaluate(image_features: Any, template_id: Any, media_id: Any, faceness: Any
     p = np.asarray(pairs)
     if labels.ndim != 1 or p.ndim != 2 or len(labels) != len(p):
         raise ValueError(f"pairs {p.shape} and pair_label {labels.shape} must be [P, 2] and [P]")
-    templates, feats = template_features(image_features, template_id, media_id, faceness,
-                                         detector_score_weight=detector_score_weight,
-                                         image_norm=image_norm)
+    templates, feats = template_features(
+        image_features,
+        template_id,
+        media_id,
+        faceness,
+        detector_score_weight=detector_score_weight,
+        image_norm=image_norm,
+    )
     scores = pair_scores(templates, feats, p, chunk=chunk)
     metrics, points = tar_at_fars(scores, labels, fars, far_rule)
     n_pos = int(np.count_nonzero(labels == 1))
-    details: dict[str, Any] = {"far_rule": far_rule, "n_genuine": n_pos,
-                               "n_impostor": int(len(labels) - n_pos),
-                               "n_templates": int(len(templates)),
-                               "detector_score_weight": bool(detector_score_weight),
-                               "image_norm": image_norm}
+    details: dict[str, Any] = {
+        "far_rule": far_rule,
+        "n_genuine": n_pos,
+        "n_impostor": int(len(labels) - n_pos),
+        "n_templates": int(len(templates)),
+        "detector_score_weight": bool(detector_score_weight),
+        "image_norm": image_norm,
+    }
     details.update(points)
     return ProtocolResult(metrics, details)

@@ -77,25 +77,27 @@ from harness.protocols.zeroshot import classification_metrics
 VARIANTS = ("clip", "clip-benchmark")
 CARVES = ("stratified", "random")
 
-C_GRID = np.logspace(-6, 6, 97)       # CLIP paper: 1e-6..1e6, 96 log steps (8 per decade)
-WD_GRID = np.logspace(-6, 2, 97)      # CLIP_benchmark 1.6's weight decays
-COARSE_STEP = 16                      # coarse grid: every 16th value (7 values)
-_DEFAULT_C = 1.0                      # no validation data: scikit-learn's default
-_SMALL_PROBLEM = 1 << 28              # n * d * k below which the clip probe runs on one thread
-                                      # (a 48,000 x 33 x 10 search on a loaded 2-core machine:
-                                      # 1.2 s on one thread, 2.4-5.6 s on two)
-_LOGITS_CACHE = 256 << 20             # bytes of search logits kept to warm-start without products
-_CACHE_BYTES = 256 << 20              # logits of one fit kept in memory up to this (else chunks)
-_PARALLEL_LIMIT = 1 << 30             # bytes of per-chain working set up to which chains run
-                                      # side by side (ImageNet-sized problems run one at a time)
+C_GRID = np.logspace(-6, 6, 97)  # CLIP paper: 1e-6..1e6, 96 log steps (8 per decade)
+WD_GRID = np.logspace(-6, 2, 97)  # CLIP_benchmark 1.6's weight decays
+COARSE_STEP = 16  # coarse grid: every 16th value (7 values)
+_DEFAULT_C = 1.0  # no validation data: scikit-learn's default
+_SMALL_PROBLEM = 1 << 28  # n * d * k below which the clip probe runs on one thread
+# (a 48,000 x 33 x 10 search on a loaded 2-core machine:
+# 1.2 s on one thread, 2.4-5.6 s on two)
+_LOGITS_CACHE = 256 << 20  # bytes of search logits kept to warm-start without products
+_CACHE_BYTES = 256 << 20  # logits of one fit kept in memory up to this (else chunks)
+_PARALLEL_LIMIT = 1 << 30  # bytes of per-chain working set up to which chains run
+# side by side (ImageNet-sized problems run one at a time)
 
 
 # --------------------------------------------------------------------------------------------
 # validation carve-out and the regularisation search
 # --------------------------------------------------------------------------------------------
 
-def carve_validation(labels, val_fraction: float = 0.2, seed: int = 0, *, carve: str = "stratified"
-                     ) -> tuple[np.ndarray, np.ndarray]:
+
+def carve_validation(
+    labels, val_fraction: float = 0.2, seed: int = 0, *, carve: str = "stratified"
+) -> tuple[np.ndarray, np.ndarray]:
     """Split indices ``0..N-1`` into ``(train_idx, val_idx)``, stratified and deterministic.
 
     Each class with ``n_c >= 2`` samples gives ``min(round_half_up(val_fraction * n_c), n_c - 1)``
@@ -122,8 +124,10 @@ def carve_validation(labels, val_fraction: float = 0.2, seed: int = 0, *, carve:
         g = torch.Generator().manual_seed(int(seed))
         order: Any = range(y.size)
         tr, va = torch.utils.data.random_split(order, [1.0 - vf, vf], generator=g)
-        return (np.sort(np.asarray(tr.indices, dtype=np.int64)),
-                np.sort(np.asarray(va.indices, dtype=np.int64)))
+        return (
+            np.sort(np.asarray(tr.indices, dtype=np.int64)),
+            np.sort(np.asarray(va.indices, dtype=np.int64)),
+        )
     rng = np.random.default_rng(int(seed))
     val = []
     for c in np.unique(y):
@@ -138,10 +142,14 @@ def carve_validation(labels, val_fraction: float = 0.2, seed: int = 0, *, carve:
     return np.flatnonzero(mask).astype(np.int64), val_idx.astype(np.int64)
 
 
-def peak_search(n_grid: int, score: Callable[[int], float] | None = None, *,
-                batch: Callable[[list[int]], list[float]] | None = None,
-                coarse_step: int = COARSE_STEP, ties: str = "incumbent",
-                ) -> tuple[int, list[tuple[int, float]]]:
+def peak_search(
+    n_grid: int,
+    score: Callable[[int], float] | None = None,
+    *,
+    batch: Callable[[list[int]], list[float]] | None = None,
+    coarse_step: int = COARSE_STEP,
+    ties: str = "incumbent",
+) -> tuple[int, list[tuple[int, float]]]:
     """Coarse grid + binary refinement over grid indices ``0..n_grid-1`` maximising ``score``.
 
     Coarse: indices ``0, coarse_step, 2*coarse_step, ...`` (the last index included).  Then for
@@ -201,6 +209,7 @@ def peak_search(n_grid: int, score: Callable[[int], float] | None = None, *,
 # the "clip" probe: L-BFGS on the multinomial logistic loss, in torch
 # --------------------------------------------------------------------------------------------
 
+
 class _ClipProbe:
     """Fits of one labelled set for many ``C``; solutions are full ``[d + 1, K]`` matrices.
 
@@ -212,8 +221,16 @@ class _ClipProbe:
     returns ``None``.
     """
 
-    def __init__(self, X: torch.Tensor, y: torch.Tensor, K: int, *, max_iter: int, tol: float,
-                 solver: str | None = None):
+    def __init__(
+        self,
+        X: torch.Tensor,
+        y: torch.Tensor,
+        K: int,
+        *,
+        max_iter: int,
+        tol: float,
+        solver: str | None = None,
+    ):
         self.classes = torch.unique(y)
         self.K, self.k, self.d1 = K, int(self.classes.numel()), X.shape[1]
         self.absent = torch.ones(K, dtype=torch.bool, device=y.device)
@@ -224,14 +241,15 @@ class _ClipProbe:
         self.obj = optim.SoftmaxObjective(X, remap[y], self.k, cache=cache)
         self.solver = solver or optim.choose_solver(self.d1 * self.k)
         self.memory = optim.LbfgsMemory(10)
-        self._G_eig: Any = None   # the preconditioner's feature factor (the same for every C)
+        self._G_eig: Any = None  # the preconditioner's feature factor (the same for every C)
         self.max_iter, self.tol = max_iter, tol
         self.n_iter = 0
         counts = torch.bincount(remap[y], minlength=self.k).to(X.dtype)
         self._log_prior = counts.log() - counts.log().mean()
 
-    def fit(self, C: float, warm: torch.Tensor | None, warm_z: torch.Tensor | None = None
-            ) -> tuple[torch.Tensor, dict, torch.Tensor | None]:
+    def fit(
+        self, C: float, warm: torch.Tensor | None, warm_z: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict, torch.Tensor | None]:
         """Solve for ``C`` from ``warm`` (full matrix; ``warm_z``: its logits here, if known).
 
         A cold start is ``W = 0`` with the bias at the centred log class frequencies -- the
@@ -249,13 +267,13 @@ class _ClipProbe:
         if not self.obj.cache:
             warm_z = None
         if self.solver == "newton":
-            x, info = optim.newton(self.obj, x0.view(-1), max_iter=self.max_iter, tol=self.tol,
-                                   z0=warm_z)
+            x, info = optim.newton(self.obj, x0.view(-1), max_iter=self.max_iter, tol=self.tol, z0=warm_z)
         else:
             pre = optim.KfacPreconditioner(self.obj, x0.view(-1), G_eig=self._G_eig)
             self._G_eig, self.memory.precond = pre.G_eig, pre
-            x, info = optim.lbfgs(self.obj, x0.view(-1), self.memory, max_iter=self.max_iter,
-                                  tol=self.tol, z0=warm_z)
+            x, info = optim.lbfgs(
+                self.obj, x0.view(-1), self.memory, max_iter=self.max_iter, tol=self.tol, z0=warm_z
+            )
         self.n_iter += info["n_iter"]
         full = torch.zeros(self.d1, self.K, dtype=X.dtype, device=X.device)
         full[:, self.classes] = x.view(self.k, self.d1).t()
@@ -277,14 +295,23 @@ class _ClipProbe:
         """Top-1 accuracy on ``(X, y)``, computed in row chunks (no ``n x K`` tensor)."""
         hits = 0
         for s in range(0, X.shape[0], optim.DEFAULT_CHUNK):
-            z = self.logits(full, X[s:s + optim.DEFAULT_CHUNK])
-            hits += int((z.argmax(dim=1) == y[s:s + optim.DEFAULT_CHUNK]).sum())
+            z = self.logits(full, X[s : s + optim.DEFAULT_CHUNK])
+            hits += int((z.argmax(dim=1) == y[s : s + optim.DEFAULT_CHUNK]).sum())
         return hits / max(y.numel(), 1)
 
 
-def fit_logistic(x, y, C: float, *, n_classes: int | None = None, max_iter: int = 1000,
-                 tol: float = 1e-4, device: str | torch.device = "cpu", solver: str | None = None,
-                 chunk: int | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+def fit_logistic(
+    x,
+    y,
+    C: float,
+    *,
+    n_classes: int | None = None,
+    max_iter: int = 1000,
+    tol: float = 1e-4,
+    device: str | torch.device = "cpu",
+    solver: str | None = None,
+    chunk: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """One L2-regularised multinomial logistic regression, as the ``clip`` probe solves it.
 
     Same problem and stopping rule as ``LogisticRegression(C=C, solver="lbfgs", tol=tol,
@@ -308,8 +335,14 @@ def fit_logistic(x, y, C: float, *, n_classes: int | None = None, max_iter: int 
     Xa = np.empty((X.shape[0], X.shape[1] + 1), dtype=np.float32)
     Xa[:, :-1], Xa[:, -1] = X, 1.0
     dev = torch.device(device)
-    probe = _ClipProbe(torch.from_numpy(Xa).to(dev), torch.from_numpy(yy).to(dev), K,
-                       max_iter=int(max_iter), tol=float(tol), solver=solver)
+    probe = _ClipProbe(
+        torch.from_numpy(Xa).to(dev),
+        torch.from_numpy(yy).to(dev),
+        K,
+        max_iter=int(max_iter),
+        tol=float(tol),
+        solver=solver,
+    )
     if chunk is not None:
         probe.obj.cache, probe.obj.chunk = False, max(1, int(chunk))
     with torch.no_grad(), _single_thread_on_cpu(dev, Xa.size * K < _SMALL_PROBLEM):
@@ -384,8 +417,9 @@ def _clip_variant(Xall, yall, n_fit, Xtest, K, *, max_iter, tol, have_val):
         solutions: dict[int, torch.Tensor] = {}
         train_logits: dict[int, torch.Tensor] = {}  # kept while they fit in _LOGITS_CACHE
         val_logits: dict[int, torch.Tensor] = {}
-        keep_logits = (probes[0].obj.cache
-                       and n_fit * K * Xall.element_size() * len(C_GRID) // 6 <= _LOGITS_CACHE)
+        keep_logits = (
+            probes[0].obj.cache and n_fit * K * Xall.element_size() * len(C_GRID) // 6 <= _LOGITS_CACHE
+        )
         owner: dict[int, int] = {}
         threads = torch.get_num_threads()
         rows = n_fit if probes[0].obj.cache else min(n_fit, probes[0].obj.chunk)
@@ -393,13 +427,13 @@ def _clip_variant(Xall, yall, n_fit, Xtest, K, *, max_iter, tol, have_val):
         parallel = Xall.device.type == "cpu" and threads >= 2 and working_set <= _PARALLEL_LIMIT
 
         @torch.no_grad()
-        def run_chain(c: int, indices: list[int], known: dict[int, torch.Tensor],
-                      known_z: dict[int, torch.Tensor]):
+        def run_chain(
+            c: int, indices: list[int], known: dict[int, torch.Tensor], known_z: dict[int, torch.Tensor]
+        ):
             local, local_z, out = dict(known), dict(known_z), []
             for i in indices:
                 terms = _warm_start(list(local), i)
-                sol, _, z = probes[c].fit(float(C_GRID[i]), _combine(terms, local),
-                                          _combine(terms, local_z))
+                sol, _, z = probes[c].fit(float(C_GRID[i]), _combine(terms, local), _combine(terms, local_z))
                 local[i] = sol
                 if keep_logits:
                     local_z[i] = z
@@ -417,10 +451,8 @@ def _clip_variant(Xall, yall, n_fit, Xtest, K, *, max_iter, tol, have_val):
             chains = [indices[:half], indices[half:]]
             args = (dict(solutions), dict(train_logits))
             if parallel and all(chains):
-                with _torch_threads(max(1, threads // 2)), \
-                        concurrent.futures.ThreadPoolExecutor(2) as pool:
-                    results = list(pool.map(run_chain, (0, 1), chains, (args[0],) * 2,
-                                            (args[1],) * 2))
+                with _torch_threads(max(1, threads // 2)), concurrent.futures.ThreadPoolExecutor(2) as pool:
+                    results = list(pool.map(run_chain, (0, 1), chains, (args[0],) * 2, (args[1],) * 2))
             else:
                 results = [run_chain(c, chain, *args) for c, chain in enumerate(chains)]
             scores = {}
@@ -437,9 +469,11 @@ def _clip_variant(Xall, yall, n_fit, Xtest, K, *, max_iter, tol, have_val):
         warm, memory = solutions[best], probes[owner[best]].memory
         if best in train_logits:  # the refit starts at the chosen solution: its logits too
             warm_z = torch.cat([train_logits[best], val_logits[best][probes[0].classes]], dim=1)
-        details.update(val_acc1=dict(history)[best],
-                       search=[(float(C_GRID[i]), a) for i, a in history],
-                       search_iterations=sum(p.n_iter for p in probes))
+        details.update(
+            val_acc1=dict(history)[best],
+            search=[(float(C_GRID[i]), a) for i, a in history],
+            search_iterations=sum(p.n_iter for p in probes),
+        )
     else:
         C = _DEFAULT_C
     final = _ClipProbe(Xall, yall, K, max_iter=max_iter, tol=tol)
@@ -448,15 +482,21 @@ def _clip_variant(Xall, yall, n_fit, Xtest, K, *, max_iter, tol, have_val):
         final.memory = memory  # approximate curvature (train part) to start the refit with
     full, info, _ = final.fit(C, warm, warm_z if same_classes else None)
     n_fits += 1
-    details.update(C=C, n_fits=n_fits, final_iterations=info["n_iter"],
-                   final_converged=bool(info["converged"]), solver=info["solver"],
-                   features="standardized")
+    details.update(
+        C=C,
+        n_fits=n_fits,
+        final_iterations=info["n_iter"],
+        final_converged=bool(info["converged"]),
+        solver=info["solver"],
+        features="standardized",
+    )
     return final.logits(full, Xtest), details
 
 
 # --------------------------------------------------------------------------------------------
 # the "clip-benchmark" probe: AdamW on a Linear layer
 # --------------------------------------------------------------------------------------------
+
 
 @contextlib.contextmanager
 def _single_thread_on_cpu(device: torch.device, enabled: bool = True):
@@ -495,7 +535,7 @@ def _train_linear(X, y, K, weight_decay, *, lr=0.1, epochs=10, batch_size=64, se
             step = i + epoch * per_epoch
             for group in opt.param_groups:
                 group["lr"] = 0.5 * (1.0 + math.cos(math.pi * step / total)) * lr
-            idx = perm[i * batch_size:(i + 1) * batch_size]
+            idx = perm[i * batch_size : (i + 1) * batch_size]
             loss = torch.nn.functional.cross_entropy(layer(X[idx]), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -509,6 +549,7 @@ def _benchmark_variant(Xall, yall, n_fit, Xtest, K, *, seed, have_val):
     details: dict[str, Any] = {}
     n_fits = 0
     if have_val:
+
         def score(i: int) -> float:
             nonlocal n_fits
             layer = _train_linear(Xtr, ytr, K, WD_GRID[i], seed=seed)
@@ -519,8 +560,7 @@ def _benchmark_variant(Xall, yall, n_fit, Xtest, K, *, seed, have_val):
 
         best, history = peak_search(len(WD_GRID), score, ties="first")
         wd = float(WD_GRID[best])
-        details.update(val_acc1=dict(history)[best],
-                       search=[(float(WD_GRID[i]), a) for i, a in history])
+        details.update(val_acc1=dict(history)[best], search=[(float(WD_GRID[i]), a) for i, a in history])
     else:
         wd = 0.0
     layer = _train_linear(Xall, yall, K, wd, seed=seed)
@@ -534,6 +574,7 @@ def _benchmark_variant(Xall, yall, n_fit, Xtest, K, *, seed, have_val):
 # --------------------------------------------------------------------------------------------
 # the public entry point
 # --------------------------------------------------------------------------------------------
+
 
 def _features(x, what: str) -> np.ndarray:
     a = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
@@ -576,7 +617,7 @@ def _gather(parts, extra: int) -> np.ndarray:
         m = src.shape[0] if idx is None else idx.size
         for s in range(0, m, _PREP_CHUNK):
             e = min(s + _PREP_CHUNK, m)
-            out[pos + s:pos + e, :d] = src[s:e] if idx is None else src[idx[s:e]]
+            out[pos + s : pos + e, :d] = src[s:e] if idx is None else src[idx[s:e]]
         pos += m
     if extra:
         out[:, d:] = 1.0
@@ -588,7 +629,7 @@ def _moments(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     mu = a.mean(axis=0, dtype=np.float64)
     ss = np.zeros(a.shape[1])
     for s in range(0, a.shape[0], _PREP_CHUNK):
-        ss += np.square(a[s:s + _PREP_CHUNK] - mu).sum(axis=0)
+        ss += np.square(a[s : s + _PREP_CHUNK] - mu).sum(axis=0)
     return mu, np.sqrt(ss / max(a.shape[0], 1))
 
 
@@ -596,23 +637,36 @@ def _standardize(a: np.ndarray, mu: np.ndarray, sd: np.ndarray) -> None:
     """In place: ``(a[:, :-1] - mu) / sd`` (the last column is the bias's ones)."""
     sd32 = sd.astype(np.float32)
     for s in range(0, a.shape[0], _PREP_CHUNK):
-        block = a[s:s + _PREP_CHUNK, :-1]
+        block = a[s : s + _PREP_CHUNK, :-1]
         np.subtract(block, mu, out=block, casting="unsafe")
         block /= sd32
 
 
 def _l2_normalize(a: np.ndarray) -> None:
     for s in range(0, a.shape[0], _PREP_CHUNK):
-        block = a[s:s + _PREP_CHUNK]
+        block = a[s : s + _PREP_CHUNK]
         block /= np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12)
 
 
-def evaluate(train_x, train_y, test_x, test_y, val_x=None, val_y=None, *,
-             variant: str = "clip", val_fraction: float = 0.2, split_seed: int = 0,
-             val_carve: str = "stratified", clip_benchmark_defaults: bool = False,
-             device: str | torch.device = "cpu", n_classes: int | None = None,
-             max_iter: int = 1000, tol: float = 1e-4, seed: int = 0,
-             ) -> ProtocolResult:
+def evaluate(
+    train_x,
+    train_y,
+    test_x,
+    test_y,
+    val_x=None,
+    val_y=None,
+    *,
+    variant: str = "clip",
+    val_fraction: float = 0.2,
+    split_seed: int = 0,
+    val_carve: str = "stratified",
+    clip_benchmark_defaults: bool = False,
+    device: str | torch.device = "cpu",
+    n_classes: int | None = None,
+    max_iter: int = 1000,
+    tol: float = 1e-4,
+    seed: int = 0,
+) -> ProtocolResult:
     """Train a linear probe on ``train`` (+ ``val``), choose its regularisation, score ``test``.
 
     Arrays are numpy arrays or tensors: features ``[N, D]``, labels ``[N]`` ints in
@@ -637,8 +691,10 @@ def evaluate(train_x, train_y, test_x, test_y, val_x=None, val_y=None, *,
     """
     t_start = time.perf_counter()
     if variant not in VARIANTS:
-        raise ValueError(f"unknown linear probe variant {variant!r}; expected one of "
-                         + ", ".join(repr(v) for v in VARIANTS))
+        raise ValueError(
+            f"unknown linear probe variant {variant!r}; expected one of "
+            + ", ".join(repr(v) for v in VARIANTS)
+        )
     if (val_x is None) != (val_y is None):
         raise ValueError("give both val_x and val_y, or neither")
     if int(max_iter) < 1 or not float(tol) > 0:
@@ -650,8 +706,9 @@ def evaluate(train_x, train_y, test_x, test_y, val_x=None, val_y=None, *,
     if Xte.shape[1] != Xtr.shape[1]:
         raise ValueError(f"test_x has dimension {Xte.shape[1]} but train_x has {Xtr.shape[1]}")
     if clip_benchmark_defaults and variant != "clip-benchmark":
-        raise ValueError("clip_benchmark_defaults applies to the 'clip-benchmark' probe only, "
-                         f"not {variant!r}")
+        raise ValueError(
+            f"clip_benchmark_defaults applies to the 'clip-benchmark' probe only, not {variant!r}"
+        )
     if clip_benchmark_defaults:  # CLIP_benchmark 1.6 without --val_split/--val_proportion
         val_x = val_y = None
         val_fraction = 0.0
@@ -701,14 +758,19 @@ def evaluate(train_x, train_y, test_x, test_y, val_x=None, val_y=None, *,
         if variant == "clip":
             small = tX.shape[0] * tX.shape[1] * K < _SMALL_PROBLEM
             with _single_thread_on_cpu(dev, small):
-                logits, details = _clip_variant(tX, ty, n_fit, tXte, K, max_iter=int(max_iter),
-                                                tol=float(tol), have_val=have_val)
+                logits, details = _clip_variant(
+                    tX, ty, n_fit, tXte, K, max_iter=int(max_iter), tol=float(tol), have_val=have_val
+                )
         else:
             with torch.enable_grad(), _single_thread_on_cpu(dev):
-                logits, details = _benchmark_variant(tX, ty, n_fit, tXte, K, seed=seed,
-                                                     have_val=have_val)
+                logits, details = _benchmark_variant(tX, ty, n_fit, tXte, K, seed=seed, have_val=have_val)
     metrics = classification_metrics(logits.float().cpu(), yte)
-    details = {"variant": variant, "val_split": val_split, "n_train": int(n_fit),
-               "n_val": int(yva.size), **details,
-               "seconds": time.perf_counter() - t_start}
+    details = {
+        "variant": variant,
+        "val_split": val_split,
+        "n_train": int(n_fit),
+        "n_val": int(yva.size),
+        **details,
+        "seconds": time.perf_counter() - t_start,
+    }
     return ProtocolResult(metrics, details)

@@ -54,8 +54,9 @@ def xnorm(*embeddings: np.ndarray) -> float:
     return float(np.mean(np.concatenate(norms)))
 
 
-def evaluate_with_details(embeddings: Any, issame: Any, n_folds: int = 10, *,
-                          embeddings_noflip: Any = None) -> tuple[dict[str, float], dict[str, Any]]:
+def evaluate_with_details(
+    embeddings: Any, issame: Any, n_folds: int = 10, *, embeddings_noflip: Any = None
+) -> tuple[dict[str, float], dict[str, Any]]:
     """``(metrics, details)`` of a pair list (see the module docstring).
 
     ``embeddings``: the ``2N`` rows the accuracy is computed on -- flip-fused
@@ -70,8 +71,10 @@ def evaluate_with_details(embeddings: Any, issame: Any, n_folds: int = 10, *,
     if same.ndim != 1:
         raise ValueError(f"issame must be 1-D, got shape {same.shape}")
     if len(emb) != 2 * len(same):
-        raise ValueError(f"{len(emb)} embeddings for {len(same)} pairs; expected 2N = "
-                         f"{2 * len(same)} (pair i = rows 2i and 2i+1)")
+        raise ValueError(
+            f"{len(emb)} embeddings for {len(same)} pairs; expected 2N = "
+            f"{2 * len(same)} (pair i = rows 2i and 2i+1)"
+        )
     e1, e2 = emb[0::2], emb[1::2]
     mean, std = verification_accuracy(e1, e2, same, n_folds=n_folds)
     out = {"accuracy": float(mean), "accuracy_std": float(std)}
@@ -93,8 +96,10 @@ def evaluate_with_details(embeddings: Any, issame: Any, n_folds: int = 10, *,
     else:
         plain = np.asarray(embeddings_noflip)
         if plain.shape != emb.shape:
-            raise ValueError(f"embeddings_noflip has shape {plain.shape}, expected {emb.shape} "
-                             "(the same images as embeddings, without flip)")
+            raise ValueError(
+                f"embeddings_noflip has shape {plain.shape}, expected {emb.shape} "
+                "(the same images as embeddings, without flip)"
+            )
         m, s = verification_accuracy(plain[0::2], plain[1::2], same, n_folds=n_folds)
         out["accuracy_noflip"] = float(m)
         details["accuracy_noflip_std"] = float(s)
@@ -103,10 +108,12 @@ def evaluate_with_details(embeddings: Any, issame: Any, n_folds: int = 10, *,
     return out, details
 
 
-def evaluate(embeddings: Any, issame: Any, n_folds: int = 10, *,
-             embeddings_noflip: Any = None) -> ProtocolResult:
+def evaluate(
+    embeddings: Any, issame: Any, n_folds: int = 10, *, embeddings_noflip: Any = None
+) -> ProtocolResult:
     """Metrics of a pair list: ``accuracy``, ``accuracy_std``, (enough pairs) ``tar@far=1e-3``,
     ``val@far=1e-3`` and, with ``embeddings_noflip``, ``accuracy_noflip``
     (:func:`evaluate_with_details` as one :class:`ProtocolResult`)."""
-    return ProtocolResult(*evaluate_with_details(embeddings, issame, n_folds,
-                                                 embeddings_noflip=embeddings_noflip))
+    return ProtocolResult(
+        *evaluate_with_details(embeddings, issame, n_folds, embeddings_noflip=embeddings_noflip)
+    )

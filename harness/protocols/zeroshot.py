@@ -10,14 +10,14 @@ Everything here is a pure function of its inputs; nothing loads a model or a fil
 
 from __future__ import annotations
 
-from typing import Callable, Sequence, Union
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 
 from harness.protocols import ProtocolResult
 
-Template = Union[str, Callable[[str], str]]
+Template = str | Callable[[str], str]
 
 _ROW_CHUNK = 8192  # rows of logits ranked at a time (bounds the memory of the comparison)
 
@@ -77,13 +77,16 @@ def build_classifier(
             texts = [_fill(templates[k % n_t], classnames[k // n_t]) for k in range(start, stop)]
             emb = _as_float_tensor(encode_text(texts), "encode_text's output").numpy()
             if emb.ndim != 2 or emb.shape[0] != len(texts):
-                raise ValueError(f"encode_text returned shape {tuple(emb.shape)} for {len(texts)} "
-                                 f"prompts; expected [{len(texts)}, D]")
+                raise ValueError(
+                    f"encode_text returned shape {tuple(emb.shape)} for {len(texts)} "
+                    f"prompts; expected [{len(texts)}, D]"
+                )
             if sums is None:
                 sums = np.zeros((len(classnames), emb.shape[1]))
             elif emb.shape[1] != sums.shape[1]:
-                raise ValueError(f"encode_text changed its output dimension from "
-                                 f"{sums.shape[1]} to {emb.shape[1]}")
+                raise ValueError(
+                    f"encode_text changed its output dimension from {sums.shape[1]} to {emb.shape[1]}"
+                )
             emb = emb.astype(np.float64)
             emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
             np.add.at(sums, np.arange(start, stop) // n_t, emb)
@@ -111,8 +114,10 @@ def _labels_array(labels, n: int, n_classes: int) -> torch.Tensor:
     if lo < 0:
         raise ValueError(f"labels must be >= 0, got a label of {lo}")
     if hi >= n_classes:
-        raise ValueError(f"labels go up to {hi} but there are only {n_classes} classes "
-                         f"(valid labels are 0..{n_classes - 1})")
+        raise ValueError(
+            f"labels go up to {hi} but there are only {n_classes} classes "
+            f"(valid labels are 0..{n_classes - 1})"
+        )
     return torch.from_numpy(y)
 
 
@@ -133,10 +138,10 @@ def classification_metrics(logits, labels) -> dict[str, float]:
     ranks = torch.empty(n, dtype=torch.int64)
     idx = torch.arange(c)
     for s in range(0, n, _ROW_CHUNK):
-        Lc, yc = L[s:s + _ROW_CHUNK], y[s:s + _ROW_CHUNK]
+        Lc, yc = L[s : s + _ROW_CHUNK], y[s : s + _ROW_CHUNK]
         t = Lc.gather(1, yc[:, None])
         ahead = (Lc > t) | ((Lc == t) & (idx[None, :] < yc[:, None]))
-        ranks[s:s + _ROW_CHUNK] = ahead.sum(1)
+        ranks[s : s + _ROW_CHUNK] = ahead.sum(1)
     correct = (ranks == 0).double()
     out = {"acc1": float(correct.mean())}
     if c >= 5:
@@ -163,8 +168,10 @@ def evaluate(image_features, labels, classifier) -> ProtocolResult:
     if f.ndim != 2:
         raise ValueError(f"image features must be [N, D], got shape {tuple(f.shape)}")
     if f.shape[1] != w.shape[0]:
-        raise ValueError(f"image features have dimension {f.shape[1]} but the classifier "
-                         f"expects {w.shape[0]} (classifier shape {tuple(w.shape)} is [D, C])")
+        raise ValueError(
+            f"image features have dimension {f.shape[1]} but the classifier "
+            f"expects {w.shape[0]} (classifier shape {tuple(w.shape)} is [D, C])"
+        )
     if not (bool(torch.isfinite(f).all()) and bool(torch.isfinite(w).all())):
         raise ValueError("image features or classifier contain NaN or infinite values")
     _labels_array(labels, f.shape[0], w.shape[1])  # validate before the matmul
