@@ -92,3 +92,26 @@ def test_unreachable_ray_address_is_one_line(run):
     res, _ = run("--engine", "ray", "--ray-address", "127.0.0.1:1")
     assert res.ret == 4
     res.stderr.fnmatch_lines(["*--ray-address 127.0.0.1:1: cannot reach the Ray head*"])
+
+
+def test_shards_merged_give_the_single_runs_report(run, pytester):
+    import re
+
+    from harness.merge import main
+
+    _, _ = run("--save-scores", out="single")
+    for i in (1, 2):
+        res, _ = run("--shard", f"{i}/2", "--save-scores", out=f"s{i}")
+        assert res.ret == 0
+    assert main([str(pytester.path / "merged")] +
+                [str(pytester.path / f"s{i}" / "results.json") for i in (1, 2)]) == 0
+
+    def text(folder):
+        t = (pytester.path / folder / "report.md").read_text()
+        t = re.sub(r"started: [^,]*, ", "", t)
+        t = re.sub(r"git_commit: \S+", "", t)
+        return re.sub(r", shard: [^,\n]*", "", t)
+
+    assert text("merged") == text("single")
+    single = (pytester.path / "single" / "results.csv").read_text()
+    assert (pytester.path / "merged" / "results.csv").read_text() == single
