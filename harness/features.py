@@ -307,6 +307,30 @@ def extract(
     )[0]
 
 
+LOADER_TIMEOUT = float(os.environ.get("HARNESS_LOADER_TIMEOUT", "600"))  # seconds per batch
+
+
+def _watched(loader: Any, batches: list[list[int]], split) -> Any:
+    """Iterate ``loader``; a worker that delivers nothing for ``LOADER_TIMEOUT`` seconds (a
+    file that blocks a read, a hung network mount) fails with the files of the batch it held."""
+    it = iter(loader)
+    for b in range(len(batches)):
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except RuntimeError as e:
+            if "timed out" not in str(e):
+                raise
+            names = [_item_name(split, i) for i in batches[b]]
+            shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+            raise DataError(
+                f"{split.name}: a loader worker delivered nothing for {LOADER_TIMEOUT:g} s "
+                f"while reading {shown} (HARNESS_LOADER_TIMEOUT sets the limit)"
+            ) from None
+        yield batch
+
+
 def extract_many(
     needs: list[Need],
     split,
@@ -412,10 +436,11 @@ def extract_many(
                 pin_memory=on_cuda,
                 persistent_workers=False,
                 prefetch_factor=4 if workers else None,
+                timeout=LOADER_TIMEOUT if workers else 0,
             )
             ci = 0
             with torch.inference_mode():
-                for images, idx, ok in loader:
+                for images, idx, ok in _watched(loader, batches, split):
                     idx = idx.numpy()
                     okb = ok.numpy().astype(bool)
                     for k, (nd, j) in enumerate(zip(needs, index)):

@@ -385,3 +385,24 @@ def test_local_dir_and_file_weights_fingerprints_do_not_depend_on_the_mount(tmp_
     (tmp_path / "a" / "model" / "open_clip_model.safetensors").write_bytes(b"v" * 100)
     d = tmp_path / "a" / "model"
     assert weights_fingerprint(ModelSpec(id="m", arch=f"local-dir:{d}", source="s.toml")) != fps["a"][0]
+
+
+def test_a_stuck_loader_worker_fails_naming_the_files(tmp_path, monkeypatch):
+    """A read that never returns (a hung mount, a FIFO opened blocking) fails the extraction
+    with the files of the batch, after the loader timeout, instead of hanging."""
+    import harness.features as hf
+
+    split = make_split(tmp_path, n=4)
+
+    class Hang(Split):
+        def load(self, i):
+            if i == 2:
+                import time
+
+                time.sleep(60)
+            return super().load(i)
+
+    hang = Hang(split.name, split.items, split.labels)
+    monkeypatch.setattr(hf, "LOADER_TIMEOUT", 2.0)
+    with pytest.raises(DataError, match=r"delivered nothing for 2 s while reading .*img2\.png"):
+        extract(PixelModel(), hang, batch_size=1, num_workers=1)
