@@ -331,6 +331,86 @@ def _watched(loader: Any, batches: list[list[int]], split) -> Any:
         yield batch
 
 
+class _Rows:
+    """Each need's rows of one split: resumed from its writer's committed chunks, filled as
+    batches come back, committed chunk by chunk, finished into one entry.  Shared by the
+    in-process engine and the Ray engine."""
+
+    def __init__(self, needs: list[Need], split, on_write_error: Callable[[OSError], None] | None):
+        n = len(split)
+        self.split, self.n, self.on_write_error = split, n, on_write_error
+        self.writers = [nd.writer for nd in needs]
+        self.outs: list[np.ndarray | None] = [None] * len(needs)
+        self.valids = [np.ones(n, dtype=bool) for _ in needs]
+        self.lacks = [np.ones(n, dtype=bool) for _ in needs]  # rows this need still needs
+        for k, w in enumerate(self.writers):
+            for c in w.completed() if w is not None else []:
+                out = self._out(k, c.x.shape[1])
+                if c.x.shape[1] != out.shape[1]:
+                    continue  # a chunk of another width cannot be ours: recompute its rows
+                out[c.start : c.stop] = c.x
+                self.valids[k][c.start : c.stop] = c.valid
+                self.lacks[k][c.start : c.stop] = False
+        self.resumed = [int(n - np.count_nonzero(lk)) for lk in self.lacks]
+
+    def _out(self, k: int, dim: int) -> np.ndarray:
+        out = self.outs[k]
+        if out is None:
+            out = self.outs[k] = np.zeros((self.n, dim), dtype=np.float32)
+        return out
+
+    def put(self, k: int, idx: np.ndarray, f: np.ndarray, ok: np.ndarray) -> None:
+        """Rows ``idx`` of need ``k`` (only those it lacks are taken)."""
+        sel = self.lacks[k][idx]
+        self._out(k, f.shape[1])[idx[sel]] = f[sel]
+        self.valids[k][idx[sel]] = ok[sel]
+
+    def commit(self, k: int, a: int, e: int) -> None:
+        """Write rows [a, e) of need ``k`` as one chunk, unless resumed or unwritable."""
+        out, w = self.outs[k], self.writers[k]
+        if w is None or out is None or not self.lacks[k][a]:
+            return
+        v = self.valids[k][a:e]
+        x = out[a:e].copy()
+        x[~v] = 0.0
+        try:
+            w.write_chunk(a, x, v, [_item_name(self.split, int(i)) for i in a + np.flatnonzero(~v)])
+        except OSError as err:
+            self.writers[k] = None
+            if self.on_write_error is not None:
+                self.on_write_error(err)
+
+    def finish(self, seconds: float, loaders: list[dict]) -> list[Features]:
+        """Every need's Features; each writer assembles its entry (a failed write is reported)."""
+        result = []
+        for k, loader in enumerate(loaders):
+            out = self.outs[k]
+            if out is None:
+                out = np.zeros((self.n, 0) if self.n else (0, 0), dtype=np.float32)
+            valid = self.valids[k]
+            out[~valid] = 0.0
+            bad = [_item_name(self.split, int(i)) for i in np.flatnonzero(~valid)]
+            w = self.writers[k]
+            if w is not None:
+                try:
+                    w.finish({"bad_items": bad, "seconds": seconds, "n_rows": self.n}, out, valid)
+                except OSError as err:
+                    if self.on_write_error is not None:
+                        self.on_write_error(err)
+            result.append(
+                Features(
+                    out,
+                    self.split.labels,
+                    valid,
+                    bad,
+                    seconds,
+                    False,
+                    loader={**loader, "resumed_rows": self.resumed[k]},
+                )
+            )
+        return result
+
+
 def extract_many(
     needs: list[Need],
     split,
@@ -353,32 +433,11 @@ def extract_many(
     if not needs:
         return []
     K = len(needs)
-    outs: list[np.ndarray | None] = [None] * K
-    valids = [np.ones(n, dtype=bool) for _ in range(K)]
-    dones: list[list[tuple[int, int]]] = [[] for _ in range(K)]
-    writers = [nd.writer for nd in needs]
-    for k, w in enumerate(writers):
-        for c in w.completed() if w is not None else []:
-            if outs[k] is None:
-                outs[k] = np.zeros((n, c.x.shape[1]), dtype=np.float32)
-            if c.x.shape[1] != outs[k].shape[1]:  # type: ignore[union-attr]
-                continue  # a chunk of another width cannot be ours: recompute its rows
-            outs[k][c.start : c.stop] = c.x  # type: ignore[index]
-            valids[k][c.start : c.stop] = c.valid
-            dones[k].append((c.start, c.stop))
-    resumed = [sum(b - a for a, b in d) for d in dones]
+    rows_ = _Rows(needs, split, on_write_error)
+    lacks = rows_.lacks
     rows = max(batch_size, (max(chunk_rows, 1) // batch_size) * batch_size)
-    missing_k = [_chunk_plan(_missing_ranges(n, d), rows) for d in dones]
-    have = np.ones(n, dtype=bool)  # rows every need already has
-    for mk in missing_k:
-        for a, e in mk:
-            have[a:e] = False
-    plan = _chunk_plan(_missing_ranges(n, _ranges(have)), rows)
+    plan = _chunk_plan(_missing_ranges(n, _ranges(~np.any(np.stack(lacks), axis=0))), rows)
     batches = [list(range(s, min(s + batch_size, e))) for a, e in plan for s in range(a, e, batch_size)]
-    lacks = [np.zeros(n, dtype=bool) for _ in range(K)]
-    for k, mk in enumerate(missing_k):
-        for a, e in mk:
-            lacks[k][a:e] = True
 
     pres, index = _preprocess_groups(needs)
     ds = _MultiDataset(split, [p.transform() for p in pres], [p.size for p in pres])
@@ -403,27 +462,13 @@ def extract_many(
         names = ",".join(dict.fromkeys(str(nd.model.id) for nd in needs))
         bar = tqdm(
             total=n,
-            initial=min(resumed),
+            initial=min(rows_.resumed),
             unit="img",
             desc=f"features {names}/{split.name}",
             leave=False,
             dynamic_ncols=True,
             **_tqdm_kwargs(),
         )
-
-    def commit(k: int, a: int, e: int) -> None:
-        out = outs[k]
-        if writers[k] is None or out is None or not lacks[k][a]:
-            return
-        v = valids[k][a:e]
-        x = out[a:e].copy()
-        x[~v] = 0.0
-        try:
-            writers[k].write_chunk(a, x, v, [_item_name(split, int(i)) for i in a + np.flatnonzero(~v)])  # type: ignore[union-attr]
-        except OSError as err:
-            writers[k] = None
-            if on_write_error is not None:
-                on_write_error(err)
 
     t0 = time.perf_counter()
     torch.set_num_threads(threads)
@@ -452,55 +497,26 @@ def extract_many(
                             f = f[: len(x)] + f[len(x) :]
                         else:
                             f = nd.model.encode_image(x)
-                        f = f.float().cpu().numpy()
-                        if outs[k] is None:
-                            outs[k] = np.zeros((n, f.shape[1]), dtype=np.float32)
-                        outs[k][idx] = f  # type: ignore[index]
-                        valids[k][idx] = okb
+                        rows_.put(k, idx, f.float().cpu().numpy(), okb)
                     if bar is not None:
                         bar.update(len(idx))
                     while ci < len(plan) and idx[-1] + 1 >= plan[ci][1]:
                         for k in range(K):
-                            commit(k, *plan[ci])
+                            rows_.commit(k, *plan[ci])
                         ci += 1
     finally:
         torch.set_num_threads(threads_before)
     if bar is not None:
         bar.close()
     seconds = time.perf_counter() - t0
-    result = []
-    for k in range(K):
-        out = outs[k]
-        if out is None:
-            out = np.zeros((n, 0), dtype=np.float32) if n else np.zeros((0, 0), dtype=np.float32)
-        valid = valids[k]
-        out[~valid] = 0.0
-        bad = [_item_name(split, int(i)) for i in np.flatnonzero(~valid)]
-        if writers[k] is not None:
-            try:
-                writers[k].finish({"bad_items": bad, "seconds": seconds, "n_rows": n}, out, valid)  # type: ignore[union-attr]
-            except OSError as err:
-                if on_write_error is not None:
-                    on_write_error(err)
-        result.append(
-            Features(
-                out,
-                split.labels,
-                valid,
-                bad,
-                seconds,
-                False,
-                loader={
-                    "workers": workers,
-                    "threads": threads,
-                    "resumed_rows": resumed[k],
-                    "decoded_rows": todo,
-                    "shared_models": K,
-                    "distinct_preprocessing": len(pres),
-                },
-            )
-        )
-    return result
+    loader = {
+        "workers": workers,
+        "threads": threads,
+        "decoded_rows": todo,
+        "shared_models": K,
+        "distinct_preprocessing": len(pres),
+    }
+    return rows_.finish(seconds, [loader] * K)
 
 
 def _ranges(mask: np.ndarray) -> list[tuple[int, int]]:

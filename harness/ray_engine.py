@@ -155,7 +155,7 @@ def extract_many_ray(
     split,
     *,
     device: str = "cpu",
-    autocast: bool = False,
+    autocast: str | bool | None = None,
     batch_size: int = 128,
     actors: int | None = None,
     gpus_per_actor: float | None = None,
@@ -257,67 +257,33 @@ def extract_many_ray_needs(
     """:func:`harness.features.extract_many`'s contract on Ray: resumes each need's committed
     chunks, sends only the rows some need lacks through the pipeline, and commits each chunk of
     each need to the store as soon as all its rows have streamed back."""
-    from harness.features import Features, _chunk_plan, _item_name, _missing_ranges
+    from harness.features import _chunk_plan, _missing_ranges, _Rows
 
     n = len(split)
-    K = len(needs)
-    writers = [nd.writer for nd in needs]
-    outs: list[np.ndarray | None] = [None] * K
-    valids = [np.ones(n, dtype=bool) for _ in range(K)]
-    lacks = [np.ones(n, dtype=bool) for _ in range(K)]
-    for k, w in enumerate(writers):
-        for c in w.completed() if w is not None else []:
-            if outs[k] is None:
-                outs[k] = np.zeros((n, c.x.shape[1]), dtype=np.float32)
-            outs[k][c.start : c.stop] = c.x  # type: ignore[index]
-            valids[k][c.start : c.stop] = c.valid
-            lacks[k][c.start : c.stop] = False
-    rows_per_chunk = max(batch_size, (max(chunk_rows, 1) // batch_size) * batch_size)
-    todo = np.flatnonzero(np.any(np.stack(lacks), axis=0)) if K else np.zeros(0, np.int64)
-    chunks = _chunk_plan(_missing_ranges(n, []), rows_per_chunk)
-    filled = np.zeros(len(chunks), dtype=np.int64)
-    already = np.zeros(len(chunks), dtype=np.int64)
+    rows_ = _Rows(needs, split, on_write_error)
+    todo = np.flatnonzero(np.any(np.stack(rows_.lacks), axis=0)) if needs else np.zeros(0, np.int64)
+    per_chunk = max(batch_size, (max(chunk_rows, 1) // batch_size) * batch_size)
+    chunks = _chunk_plan(_missing_ranges(n, []), per_chunk)
     starts = np.array([a for a, _ in chunks], dtype=np.int64)
-    for j, (a, e) in enumerate(chunks):
-        already[j] = (e - a) - int(np.count_nonzero(np.isin(np.arange(a, e), todo)))
-
-    def commit(j: int) -> None:
-        a, e = chunks[j]
-        for k in range(K):
-            w, out = writers[k], outs[k]
-            if w is None or out is None or not lacks[k][a]:
-                continue
-            v = valids[k][a:e]
-            x = out[a:e].copy()
-            x[~v] = 0.0
-            try:
-                w.write_chunk(a, x, v, [_item_name(split, int(i)) for i in a + np.flatnonzero(~v)])
-            except OSError as err:
-                writers[k] = None
-                if on_write_error is not None:
-                    on_write_error(err)
+    size = np.array([e - a for a, e in chunks], dtype=np.int64)
+    # rows of each chunk still to come back (a chunk is committed when it reaches 0)
+    pending = np.bincount(np.searchsorted(starts, todo, side="right") - 1, minlength=len(chunks))
 
     def on_batch(ids: np.ndarray, feats: list[np.ndarray], ok: np.ndarray) -> None:
         for k, f in enumerate(feats):
-            if outs[k] is None:
-                outs[k] = np.zeros((n, f.shape[1]), dtype=np.float32)
-            sel = lacks[k][ids]
-            outs[k][ids[sel]] = f[sel]  # type: ignore[index]
-            valids[k][ids[sel]] = ok[sel]
+            rows_.put(k, ids, f, ok)
         js = np.searchsorted(starts, ids, side="right") - 1
-        for j in np.unique(js):
-            filled[j] += int(np.count_nonzero(js == j))
-            if filled[j] + already[j] == chunks[j][1] - chunks[j][0]:
-                commit(int(j))
+        for j, c in zip(*np.unique(js, return_counts=True)):
+            pending[j] -= c
+            if pending[j] == 0:
+                for k in range(len(needs)):
+                    rows_.commit(k, int(starts[j]), int(starts[j] + size[j]))
 
-    specs = [nd.model.spec for nd in needs]
-    flips = [nd.flip for nd in needs]
-    pres = [nd.model.preprocess for nd in needs]
     model0 = needs[0].model
     got = extract_many_ray(
-        specs,
-        flips,
-        pres,
+        [nd.model.spec for nd in needs],
+        [nd.flip for nd in needs],
+        [nd.model.preprocess for nd in needs],
         split,
         device=str(model0.device),
         autocast=getattr(model0, "autocast", None),
@@ -327,31 +293,4 @@ def extract_many_ray_needs(
         rows=todo,
     )
     seconds = got[0].seconds if got else 0.0
-    result = []
-    for k in range(K):
-        out = outs[k] if outs[k] is not None else np.zeros((n, 0), dtype=np.float32)
-        valid = valids[k]
-        out[~valid] = 0.0
-        bad = [_item_name(split, int(i)) for i in np.flatnonzero(~valid)]
-        if writers[k] is not None:
-            try:
-                writers[k].finish({"bad_items": bad, "seconds": seconds, "n_rows": n}, out, valid)  # type: ignore[union-attr]
-            except OSError as err:
-                if on_write_error is not None:
-                    on_write_error(err)
-        result.append(
-            Features(
-                out,
-                split.labels,
-                valid,
-                bad,
-                seconds,
-                False,
-                loader={
-                    "engine": "ray",
-                    "decoded_rows": int(len(todo)),
-                    "resumed_rows": int(n - np.count_nonzero(lacks[k])),
-                },
-            )
-        )
-    return result
+    return rows_.finish(seconds, [{"engine": "ray", "decoded_rows": int(len(todo))}] * len(needs))
