@@ -155,7 +155,7 @@ def extract_many_ray(
     split,
     *,
     device: str = "cpu",
-    autocast: bool = False,
+    autocast: str | bool | None = False,
     batch_size: int = 128,
     actors: int | None = None,
     gpus_per_actor: float | None = None,
@@ -329,7 +329,8 @@ def extract_many_ray_needs(
     seconds = got[0].seconds if got else 0.0
     result = []
     for k in range(K):
-        out = outs[k] if outs[k] is not None else np.zeros((n, 0), dtype=np.float32)
+        held = outs[k]
+        out = held if held is not None else np.zeros((n, 0), dtype=np.float32)
         valid = valids[k]
         out[~valid] = 0.0
         bad = [_item_name(split, int(i)) for i in np.flatnonzero(~valid)]
