@@ -22,12 +22,15 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from harness.errors import DataError
 from harness.store import ChunkWriter, DamagedEntry, Store
+
+if TYPE_CHECKING:
+    from torch.utils.data import Dataset
 
 log = logging.getLogger(__name__)
 
@@ -475,7 +478,7 @@ def extract_many(
     try:
         if batches:
             loader: Any = DataLoader(
-                ds,
+                cast("Dataset[Any]", ds),  # a map-style dataset (__len__, __getitem__)
                 batch_sampler=batches,
                 num_workers=workers,
                 pin_memory=on_cuda,

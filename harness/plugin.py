@@ -22,6 +22,7 @@ import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 
@@ -32,6 +33,10 @@ from harness.gates import check_options, load_baseline, validate_gates
 from harness.protocols import PROTOCOLS, markers
 from harness.results import CaseRecord, ResultStore
 from harness.suite import Suite, load_suite, resolve_suite, suites_dirs
+
+if TYPE_CHECKING:
+    from harness.output import RunOutputs
+    from harness.results import RunData
 
 FIXTURES_MODULE = "tradeoff_bench_fixtures"  # the repository's fixtures/ folder, installed
 CASE_PROP = "harness_case"  # user_properties: {"model", "dataset", "protocol"}
@@ -261,8 +266,8 @@ class HarnessSession:
         self.demo_dir = Path(os.environ.get("HARNESS_DEMO") or self.cache_dir / "demo-v1")
         self.results_dir: Path | None = None
         self._cases: dict[str, CaseSpec] | None = None  # "test_<protocol>[<id>]" -> case
-        self.outputs = None  # harness.output.RunOutputs (main process)
-        self.baseline = None  # harness.results.RunData of --baseline (main process)
+        self.outputs: RunOutputs | None = None  # main process
+        self.baseline: RunData | None = None  # --baseline (main process)
         self.baseline_metrics: dict = {}  # {(protocol, model, dataset): metrics}, every process
         self.scores_root: Path | None = None  # where case.record writes raw scores
 
@@ -272,7 +277,8 @@ class HarnessSession:
         from harness import output
 
         if self.is_worker:
-            wi = self.config.workerinput
+            # set by pytest-xdist on worker processes; pytest.Config does not declare it
+            wi: dict[str, Any] = getattr(self.config, "workerinput")  # noqa: B009
             self.results_dir = Path(wi["harness_results_dir"]) if wi.get("harness_results_dir") else None
             self.scores_root = Path(wi["harness_scores_root"]) if wi.get("harness_scores_root") else None
             self.baseline_metrics = output.decode_baseline(wi.get("harness_baseline"))
@@ -411,6 +417,7 @@ class HarnessSession:
             from harness.output import RunOutputs, suite_meta
 
             rd = self.results_dir
+            assert rd is not None  # set by configure_outputs
             suite = self.suite
             run = {
                 "suite": suite.name,
@@ -463,7 +470,7 @@ class HarnessSession:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if self.is_worker:
             return
-        props = dict((k, v) for k, v in report.user_properties if isinstance(k, str))
+        props: dict[str, Any] = dict((k, v) for k, v in report.user_properties if isinstance(k, str))
         meta = props.get(CASE_PROP)
         if meta is None:
             return
@@ -478,7 +485,7 @@ class HarnessSession:
         if report.when == "teardown":  # the last report holds every property of the case
             for k, v in report.user_properties:
                 if k == LOAD_PROP:
-                    store.count_load(v)
+                    store.count_load(cast(str, v))  # a model id (fixtures: LOAD_PROP)
         if report.when == "setup":
             if report.skipped:
                 rec.status, rec.reason = "skipped", _reason(report)
@@ -503,6 +510,7 @@ class HarnessSession:
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         if self.is_worker or self.store is None:
             return
+        assert self.outputs is not None  # made together with self.store
         if self.store.run.get("device") == "auto" and "torch" in sys.modules:
             self.store.run["device"] = resolve_device(None)  # what the cases resolved too
         interrupted = int(exitstatus) == int(pytest.ExitCode.INTERRUPTED) or bool(

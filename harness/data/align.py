@@ -16,7 +16,7 @@ pixels exactly.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from PIL import Image
@@ -57,7 +57,10 @@ def apply_transform(m: np.ndarray, pts: Any) -> np.ndarray:
 
 
 def warp_affine(
-    img: Image.Image, m: np.ndarray, size: tuple[int, int] = ALIGNED_SIZE, resample: int = Image.BILINEAR
+    img: Image.Image,
+    m: np.ndarray,
+    size: tuple[int, int] = ALIGNED_SIZE,
+    resample: int = Image.Resampling.BILINEAR,
 ) -> Image.Image:
     """Warp ``img`` with the forward transform ``m`` (source -> output pixel indices).
 
@@ -71,7 +74,7 @@ def warp_affine(
     # coords: in = inv(out - 0.5) + 0.5 = lin @ out + (t + 0.5 - lin @ [0.5, 0.5])
     t_pil = t + 0.5 - lin @ np.array([0.5, 0.5])
     data = (lin[0, 0], lin[0, 1], t_pil[0], lin[1, 0], lin[1, 1], t_pil[1])
-    return img.transform(size, Image.AFFINE, data=data, resample=resample, fillcolor=(0, 0, 0))
+    return img.transform(size, Image.Transform.AFFINE, data=data, resample=resample, fillcolor=(0, 0, 0))
 
 
 def align_face(
@@ -101,7 +104,7 @@ class FivePointAligner:
         self.index = dict(index)
         self.landmarks = np.asarray(landmarks, dtype=np.float32).reshape(-1, 5, 2)
         self.template = np.asarray(template, dtype=np.float64)
-        self.size = tuple(size)
+        self.size = cast("tuple[int, int]", tuple(size))
 
     def __call__(self, item: Any) -> Image.Image:
         row = self.index[str(item)]

@@ -81,7 +81,7 @@ class ProtocolInfo:
     # the features a case reads: (option getter, the dataset's splits) -> [(dataset id or None
     # for the case's own, split, flip)]; the feature stage extracts them before the cases run
     feature_needs: Callable[[Callable[[str], Any], Sequence[str]], list[Need]] = field(
-        default=lambda option, splits: [(None, "test", False)]
+        default=lambda option, splits: _own_test_need()
     )
 
     def produces(self, metric: str) -> bool:
@@ -147,13 +147,18 @@ _ATTACK_LOWER = (
 _ATTACK_METRICS = ("auc",) + _ATTACK_LOWER
 
 
+def _own_test_need() -> list[Need]:
+    return [(None, "test", False)]
+
+
 def _probe_needs(option: Callable[[str], Any], splits: Sequence[str]) -> list[Need]:
     return [(None, s, False) for s in ("train", "val", "test") if s in splits]
 
 
 def _verification_needs(option: Callable[[str], Any], splits: Sequence[str]) -> list[Need]:
     flip = bool(option("flip"))
-    return [(None, "test", flip)] + ([(None, "test", False)] if flip else [])
+    first: list[Need] = [(None, "test", flip)]
+    return first + ([(None, "test", False)] if flip else [])
 
 
 def _ijb_needs(option: Callable[[str], Any], splits: Sequence[str]) -> list[Need]:
@@ -162,7 +167,8 @@ def _ijb_needs(option: Callable[[str], Any], splits: Sequence[str]) -> list[Need
 
 def _attack_needs(option: Callable[[str], Any], splits: Sequence[str]) -> list[Need]:
     probe = option("scoring") == "probe"
-    out: list[Need] = [(None, "test", False)] + ([(None, "train", False)] if probe else [])
+    out: list[Need] = [(None, "test", False)]
+    out += [(None, "train", False)] if probe else []
     if option("threshold") == "dev-eer":
         dev = option("dev")
         if dev:  # the other dataset's test split (and its train split for a probe)
