@@ -82,3 +82,42 @@ def test_unreachable_address_is_one_line_within_seconds():
     assert time.perf_counter() - t0 < 10  # a refused connect, not a hang
     with pytest.raises(RayUnavailable, match="expected HOST:PORT"):
         check_address("nonsense")
+
+
+def test_a_driver_that_dies_mid_pass_resumes_from_its_committed_chunks(ray_local, tiny, tmp_path):
+    """The driver commits each chunk as its rows stream back; killed after two chunks (its chunk
+    writer raises SystemExit on the third, as a kill would stop it), the rerun sends only the
+    missing rows through Ray and ends with the same features as an uninterrupted pass."""
+    from harness.features import Need
+    from harness.ray_engine import extract_many_ray_needs
+    from harness.store import Store
+
+    specs, split = tiny
+    model = load_model(specs[0], "cpu")
+    ref = extract(model, split, batch_size=4, num_workers=0)
+    store = Store(tmp_path / "store", lambda m: None)
+
+    class Dies:
+        def __init__(self, w):
+            self.w, self.n = w, 0
+
+        def __getattr__(self, name):
+            return getattr(self.w, name)
+
+        def write_chunk(self, *a):
+            self.n += 1
+            if self.n > 2:
+                raise SystemExit("killed")
+            return self.w.write_chunk(*a)
+
+    w = store.open_writer("k", len(split))
+    w.chunk_dir.mkdir(parents=True, exist_ok=True)
+    with pytest.raises(SystemExit):
+        extract_many_ray_needs([Need(model, False, Dies(w))], split, batch_size=4, chunk_rows=4)
+    done = sum(c.stop - c.start for c in w.completed())
+    assert done == 8  # two chunks of four rows committed before the "kill"
+    w2 = store.open_writer("k", len(split))
+    got = extract_many_ray_needs([Need(model, False, w2)], split, batch_size=4, chunk_rows=4)[0]
+    assert got.loader["decoded_rows"] == len(split) - 8 and got.loader["resumed_rows"] == 8
+    assert np.abs(got.x - ref.x).max() <= 1e-6
+    assert np.array_equal(got.valid, ref.valid)
