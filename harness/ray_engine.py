@@ -17,9 +17,11 @@ pickled.  Ray is an optional extra: ``pip install "tradeoff-bench[ray]"``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -82,6 +84,13 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None):
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     return ray
+
+
+@contextlib.contextmanager
+def _quiet_ray():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # Ray's, raised at our call sites too
+        yield
 
 
 def _decode(batch: dict, split, pres) -> dict:
@@ -196,31 +205,34 @@ def extract_many_ray(
             _F(np.zeros((n, 0), dtype=np.float32), split.labels, np.ones(n, dtype=bool), [], 0.0, False)
             for _ in specs
         ]
-    ds = ray.data.from_items(
-        [{"id": int(i)} for i in ids_todo], override_num_blocks=max(1, min(m, -(-m // batch_size)))
-    )
-    ds = ds.map_batches(_decode, fn_kwargs={"split": split, "pres": list(distinct)}, batch_size=batch_size)
-    ds = ds.map_batches(
-        _Embed,
-        fn_constructor_args=(list(specs), index, list(flips), device, autocast),
-        batch_size=batch_size,
-        concurrency=actors,
-        num_gpus=gpus_per_actor,
-        max_restarts=2,
-        max_task_retries=3,
-    )
-    outs: list[np.ndarray | None] = [None] * len(specs)
-    valid = np.ones(n, dtype=bool)
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        ids = np.asarray(batch["id"], dtype=np.int64)
-        feats = [batch[f"f{k}"] for k in range(len(specs))]
-        for k, f in enumerate(feats):
-            if outs[k] is None:
-                outs[k] = np.zeros((n, f.shape[1]), dtype=np.float32)
-            outs[k][ids] = f  # type: ignore[index]
-        valid[ids] = np.asarray(batch["ok"], dtype=bool)
-        if on_batch is not None:
-            on_batch(ids, feats, valid[ids])
+    with _quiet_ray():  # Ray 2.60 warns about its own deprecated settings on every run
+        ds = ray.data.from_items(
+            [{"id": int(i)} for i in ids_todo], override_num_blocks=max(1, min(m, -(-m // batch_size)))
+        )
+        ds = ds.map_batches(
+            _decode, fn_kwargs={"split": split, "pres": list(distinct)}, batch_size=batch_size
+        )
+        ds = ds.map_batches(
+            _Embed,
+            fn_constructor_args=(list(specs), index, list(flips), device, autocast),
+            batch_size=batch_size,
+            concurrency=actors,
+            num_gpus=gpus_per_actor,
+            max_restarts=2,
+            max_task_retries=3,
+        )
+        outs: list[np.ndarray | None] = [None] * len(specs)
+        valid = np.ones(n, dtype=bool)
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            ids = np.asarray(batch["id"], dtype=np.int64)
+            feats = [batch[f"f{k}"] for k in range(len(specs))]
+            for k, f in enumerate(feats):
+                if outs[k] is None:
+                    outs[k] = np.zeros((n, f.shape[1]), dtype=np.float32)
+                outs[k][ids] = f  # type: ignore[index]
+            valid[ids] = np.asarray(batch["ok"], dtype=bool)
+            if on_batch is not None:
+                on_batch(ids, feats, valid[ids])
     seconds = time.perf_counter() - t0
     bad = [
         str(split.items[i]) if isinstance(split.items[i], (str, os.PathLike)) else f"#{i}"
