@@ -61,7 +61,9 @@ import pytest
 pytestmark = pytest.mark.perf
 
 REPO = Path(__file__).resolve().parents[2]
-N_TRAIN, N_TEST, SEED = 10_000, 2_000, 1234
+N_TRAIN = int(os.environ.get("VS_CB_N_TRAIN", "10000"))  # 60000 + 10000: the issue-12 70,000-image run
+N_TEST = int(os.environ.get("VS_CB_N_TEST", "2000"))
+SEED = 1234
 COLD_RATIO, WARM_RATIO = 2.0, 5.0
 
 
