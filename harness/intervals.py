@@ -180,17 +180,8 @@ def _attack_stat(
         if yb.all() or not yb.any():
             return {}
         t = M.eer_threshold(s, y) if fixed is None else fixed
-        ap_max = M.apcer(s, y, t, t_types, "max") if t_types is not None else M.apcer(s, y, t)
-        ap_pool = M.apcer(s, y, t, t_types, "pooled") if t_types is not None else ap_max
-        bp = M.bpcer(s, y, t)
-        out = {
-            "eer": M.eer(s, y),
-            "auc": M.roc_auc(s, y),
-            "hter": (ap_pool + bp) / 2,
-            "apcer": ap_max,
-            "bpcer": bp,
-            "acer": (ap_max + bp) / 2,
-        }
+        # the protocol's own definitions, without the operating points (not bootstrapped)
+        out = attack.attack_metrics(s, y, t, t_types, operating_points=())
         return {k: float(v) for k, v in out.items() if k in wanted}
 
     def stat(idx: np.ndarray) -> dict[str, float]:
