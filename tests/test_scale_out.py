@@ -115,3 +115,17 @@ def test_shards_merged_give_the_single_runs_report(run, pytester):
     assert text("merged") == text("single")
     single = (pytester.path / "single" / "results.csv").read_text()
     assert (pytester.path / "merged" / "results.csv").read_text() == single
+
+
+def test_fewer_models_than_workers_spreads_a_models_datasets(run, pytester):
+    """One model, two datasets, two workers: each worker takes one dataset's cases (the model
+    loads once per worker), with the numbers of a single-process run."""
+    pytest.importorskip("xdist")
+    one_model = (pytester.path / "suite.toml").read_text().split("[models.beta]")[0]
+    one_model += "\n" + "[datasets" + (pytester.path / "suite.toml").read_text().split("[datasets", 1)[1]
+    (pytester.path / "suite.toml").write_text(one_model.replace('baseline = "alpha"', ""))
+    _, ref = run(out="single")
+    res, data = run("-n", "2", "--refresh-features", out="xdist", subprocess=True)
+    assert res.ret == 0, res.stdout.str()[-2000:]
+    assert data["run"]["model_loads"] == {"alpha": 2}  # one load on each worker
+    assert metrics(data) == metrics(ref) and len(metrics(data)) == 4
