@@ -33,29 +33,24 @@ def test_ijb(harness_case):
     case = harness_case
     meta = case.dataset.split("test").meta
     feats = case.features("test", flip=case.option("flip"), unreadable="refuse")
-    result = case.measure(
-        ijb.evaluate,
-        feats.x,
-        meta["template_id"],
-        meta["media_id"],
-        meta["faceness"],
-        meta["pairs"],
-        meta["pair_label"],
-        far_rule=case.option("far_rule"),
-        detector_score_weight=case.option("detector_score_weight"),
-        image_norm=case.option("image_norm"),
-        n_images=len(feats),
-    )
-    templates, tfeats = ijb.template_features(
-        feats.x,
-        meta["template_id"],
-        meta["media_id"],
-        meta["faceness"],
-        detector_score_weight=case.option("detector_score_weight"),
-        image_norm=case.option("image_norm"),
-    )
-    scores = ScoreSet(ijb.pair_scores(templates, tfeats, meta["pairs"]), meta["pair_label"])
-    case.record(result, scores=scores)
+    weight, norm = case.option("detector_score_weight"), case.option("image_norm")
+
+    def run():  # templates and pair scores once: the metrics and the raw scores share them
+        templates, tfeats = ijb.template_features(
+            feats.x,
+            meta["template_id"],
+            meta["media_id"],
+            meta["faceness"],
+            detector_score_weight=weight,
+            image_norm=norm,
+        )
+        scores = ijb.pair_scores(templates, tfeats, meta["pairs"])
+        result = ijb.evaluate_scores(scores, meta["pair_label"], far_rule=case.option("far_rule"))
+        result.details.update(n_templates=len(templates), detector_score_weight=weight, image_norm=norm)
+        return result, scores
+
+    result, scores = case.measure(run, n_images=len(feats))
+    case.record(result, scores=ScoreSet(scores, meta["pair_label"]))
 
 
 def _attack_case(case):

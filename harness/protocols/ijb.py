@@ -314,15 +314,31 @@ def evaluate(
         image_norm=image_norm,
     )
     scores = pair_scores(templates, feats, p, chunk=chunk)
-    metrics, points = tar_at_fars(scores, labels, fars, far_rule)
+    result = evaluate_scores(scores, labels, far_rule=far_rule, fars=fars)
+    result.details.update(
+        {
+            "n_templates": int(len(templates)),
+            "detector_score_weight": bool(detector_score_weight),
+            "image_norm": image_norm,
+        }
+    )
+    return result
+
+
+def evaluate_scores(
+    scores: Any, pair_label: Any, *, far_rule: str = "at-most", fars: Sequence[float] = FARS
+) -> ProtocolResult:
+    """TAR at each FAR of template-pair scores (the second half of :func:`evaluate`, for a
+    caller that already holds the scores)."""
+    if far_rule not in FAR_RULES:
+        raise ValueError(f"far_rule must be one of {FAR_RULES}, got {far_rule!r}")
+    labels = np.asarray(pair_label)
+    metrics, points = tar_at_fars(np.asarray(scores), labels, fars, far_rule)
     n_pos = int(np.count_nonzero(labels == 1))
     details: dict[str, Any] = {
         "far_rule": far_rule,
         "n_genuine": n_pos,
         "n_impostor": int(len(labels) - n_pos),
-        "n_templates": int(len(templates)),
-        "detector_score_weight": bool(detector_score_weight),
-        "image_norm": image_norm,
     }
     details.update(points)
     return ProtocolResult(metrics, details)
