@@ -266,24 +266,63 @@ def _preprocess_groups(needs) -> tuple[list, list[int]]:
     return pres, index
 
 
-def _probe_many(needs, ds: _MultiDataset, index: list[int], k: int = 8) -> tuple[float, float]:
-    """Per image: decode + every preprocessing on one core, and every model's forward."""
+def _probe_many(
+    needs, ds: _MultiDataset, index: list[int], k: int = 8, batch_size: int = 128, budget: float = 0.25
+) -> tuple[float, float]:
+    """Per image: decode + every preprocessing on one core (median of ``k`` images), and every
+    model's forward with all cores, as :func:`plan_cpu_loader` takes them.
+
+    The forward is timed on one thread and divided by the cores (the plan's own linear model):
+    two OpenMP threads on a 2-core machine that something else also uses wait a scheduler tick
+    at every barrier, which once made a tiny CLIP look 2,800 times slower (24 ms an image for 8.4 us).  It is timed at the
+    extraction's own batch size wherever one such batch costs at most ``budget`` seconds: a
+    small model's per-call overhead dominates a batch of ``k``.  Each timing is the faster of
+    two calls after a warm-up."""
     import torch
 
     k = min(k, len(ds))
-    t0 = time.perf_counter()
-    samples = [ds[i][0] for i in range(k)]
-    decode = (time.perf_counter() - t0) / k
-    forward = 0.0
-    for n, j in zip(needs, index):
-        batch = torch.stack([s[j] for s in samples])
-        if n.flip:
-            batch = torch.cat([batch, batch.flip(-1)], 0)
-        n.model.encode_image(batch)  # warm-up
+    samples, took = [], []
+    for i in range(k):
         t0 = time.perf_counter()
-        n.model.encode_image(batch)
-        forward += (time.perf_counter() - t0) / k
-    return decode, forward
+        samples.append(ds[i][0])
+        took.append(time.perf_counter() - t0)
+    decode = float(np.median(took))
+    forward = 0.0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for n, j in zip(needs, index):
+            small = torch.stack([s[j] for s in samples])
+            per = _forward_seconds(n, small)
+            if k < batch_size and per * batch_size <= budget:
+                full = small.repeat(-(-batch_size // k), 1, 1, 1)[:batch_size]
+                per = _forward_seconds(n, full)
+            forward += per
+    finally:
+        torch.set_num_threads(threads)
+    return decode, forward / _cpus()
+
+
+def _forward_seconds(need, batch, rounds: int = 2) -> float:
+    """Seconds per image of ``need``'s forward on ``batch`` (a flip runs both halves)."""
+    encode_fused(need.model, batch, need.flip)  # warm-up
+    best = float("inf")
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        encode_fused(need.model, batch, need.flip)
+        best = min(best, time.perf_counter() - t0)
+    return best / len(batch)
+
+
+def encode_fused(model, x, flip: bool):
+    """``model``'s features of the batch ``x``; with ``flip``, f(x) + f(mirrored x) from one
+    forward of both halves."""
+    import torch
+
+    if not flip:
+        return model.encode_image(x)
+    f = model.encode_image(torch.cat([x, x.flip(-1)], 0))
+    return f[: len(x)] + f[len(x) :]
 
 
 def extract(
@@ -453,7 +492,7 @@ def extract_many(
     if not todo:
         workers = 0
     elif num_workers is None and on_cpu and todo >= 512:
-        workers, threads = plan_cpu_loader(*_probe_many(needs, ds, index), _cpus())
+        workers, threads = plan_cpu_loader(*_probe_many(needs, ds, index, batch_size=batch_size), _cpus())
     else:
         workers = _num_workers(todo, num_workers)
         if on_cpu and workers:
@@ -494,12 +533,7 @@ def extract_many(
                     for k, (nd, j) in enumerate(zip(needs, index)):
                         if not lacks[k][idx[0]]:
                             continue  # this need's chunk was resumed from the store
-                        x = images[j]
-                        if nd.flip:
-                            f = nd.model.encode_image(torch.cat([x, x.flip(-1)], 0))
-                            f = f[: len(x)] + f[len(x) :]
-                        else:
-                            f = nd.model.encode_image(x)
+                        f = encode_fused(nd.model, images[j], nd.flip)
                         rows_.put(k, idx, f.float().cpu().numpy(), okb)
                     if bar is not None:
                         bar.update(len(idx))

@@ -143,16 +143,14 @@ class _Embed:
     def __call__(self, batch: dict) -> dict:
         import torch
 
+        from harness.features import encode_fused
+
         _fault_point()
         out = {"id": batch["id"], "ok": batch["ok"]}
         with torch.inference_mode():
             for k, (m, j, flip) in enumerate(zip(self.models, self.index, self.flips)):
                 x = torch.from_numpy(np.require(batch[f"x{j}"], np.float32, ["C", "W"]))
-                if flip:
-                    f = m.encode_image(torch.cat([x, x.flip(-1)], 0))
-                    f = f[: len(x)] + f[len(x) :]
-                else:
-                    f = m.encode_image(x)
+                f = encode_fused(m, x, flip)
                 out[f"f{k}"] = f.cpu().numpy().astype(np.float32, copy=False)
         return out
 

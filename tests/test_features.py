@@ -406,3 +406,44 @@ def test_a_stuck_loader_worker_fails_naming_the_files(tmp_path, monkeypatch):
     monkeypatch.setattr(hf, "LOADER_TIMEOUT", 2.0)
     with pytest.raises(DataError, match=r"delivered nothing for 2 s while reading .*img2\.png"):
         extract(PixelModel(), hang, batch_size=1, num_workers=1)
+
+
+def test_loader_probe_times_the_forward_at_the_batch_size_on_one_thread(monkeypatch):
+    """A model whose cost is a fixed 2 ms per call: at the extraction's batch of 128 that is
+    15.6 us an image, not the 250 us a batch of 8 suggests; the probe's forward runs on one
+    thread and is reported per core (the loader plan's unit)."""
+    import time as _time
+
+    import torch
+
+    import harness.features as F
+
+    class Overhead:
+        threads: list[int] = []
+        sizes: list[int] = []
+
+        def encode_image(self, x):
+            self.threads.append(torch.get_num_threads())
+            self.sizes.append(len(x))
+            _time.sleep(0.002)
+            return torch.zeros(len(x), 4)
+
+    class Images:
+        def __len__(self):
+            return 100
+
+        def __getitem__(self, i):
+            return (torch.zeros(3, 4, 4),), i, True
+
+    monkeypatch.setattr(F, "_cpus", lambda: 2)
+    model = Overhead()
+    decode, forward = F._probe_many([F.Need(model)], Images(), [0], k=8, batch_size=128)
+    assert set(model.threads) == {1}
+    assert 128 in model.sizes
+    per_image_one_core = forward * 2
+    assert 0.002 / 128 <= per_image_one_core < 0.002 / 128 * 3  # sleep overshoot, not 16x
+    assert decode < 0.01
+    # a model that costs more than the budget per batch is not run on a whole batch
+    model.sizes.clear()
+    F._probe_many([F.Need(model)], Images(), [0], k=8, batch_size=128, budget=0.01)
+    assert set(model.sizes) == {8}
