@@ -11,10 +11,14 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harness.errors import HarnessError, SuiteError
 from harness.protocols import PROTOCOLS, lower_is_better
 from harness.suite import Gate, Suite
+
+if TYPE_CHECKING:
+    from harness.results import RunData
 
 Baseline = dict[tuple[str, str, str], dict[str, float]]  # (protocol, model, dataset) -> metrics
 
@@ -31,9 +35,11 @@ def check_options(baseline: str | None, max_drop: float | None) -> None:
         raise HarnessError(f"--max-drop {max_drop:g}: expected a number of points >= 0")
 
 
-def load_baseline(path: str | os.PathLike) -> Baseline:
-    """The passed cases' metrics of an earlier run's results.json, by case key."""
-    from harness.results import load_results
+def read_baseline_run(path: str | os.PathLike) -> RunData:
+    """``--baseline``: an earlier run's results.json (and the journal a killed run left), read
+    completely.  The plugin reads it once, at configure time, before this run writes anything
+    (it may be the very results.json this run is about to rewrite).  Raises HarnessError."""
+    from harness.results import load_run
 
     p = Path(path)
     if not p.exists():
@@ -43,13 +49,19 @@ def load_baseline(path: str | os.PathLike) -> Baseline:
         raise HarnessError(f"--baseline {p}: is a folder; expected a results.json file{hint}")
     if not p.is_file():
         raise HarnessError(f"--baseline {p}: not a regular file; expected a results.json file")
-    try:
-        records = load_results(p)
-    except UnicodeDecodeError:
-        raise HarnessError(f"--baseline {p}: not UTF-8 text; expected a results.json") from None
-    except OSError as e:
-        raise HarnessError(f"--baseline {p}: cannot be read ({e.strerror or e})") from None
-    return {r.key: dict(r.metrics) for r in records if r.status == "passed"}
+    return load_run(p)
+
+
+def baseline_metrics(run: RunData | None) -> Baseline:
+    """{(protocol, model, dataset): metrics} of the baseline's passed cases."""
+    if run is None:
+        return {}
+    return {r.key: dict(r.metrics) for r in run.records if r.status == "passed"}
+
+
+def load_baseline(path: str | os.PathLike) -> Baseline:
+    """The passed cases' metrics of an earlier run's results.json, by case key."""
+    return baseline_metrics(read_baseline_run(path))
 
 
 def protocols_of_gate(gate: Gate, suite: Suite) -> list[str]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.results import CaseRecord, ResultStore, RunData, load_run, write_text_atomic
+from harness.results import CaseRecord, ResultStore, RunData, write_text_atomic
 from harness.scores import SCORES_DIR, TMP_SCORES_DIR, ScoreSet, load_scores, score_file
 
 DEMO_SUITE_NAMES = ("demo",)
@@ -117,19 +117,6 @@ def write_outputs(
     return Outputs(text, paths, errors)
 
 
-def read_baseline(path: str | None) -> RunData | None:
-    """--baseline read completely, at configure time: before this run writes anything (it
-    may be the very results.json this run is about to rewrite).  Raises HarnessError."""
-    return load_run(path) if path else None
-
-
-def baseline_metrics(data: RunData | None) -> dict[tuple[str, str, str], dict[str, float]]:
-    """{(protocol, model, dataset): metrics} of the baseline's passed cases (for gates)."""
-    if data is None:
-        return {}
-    return {r.key: dict(r.metrics) for r in data.records if r.status == "passed"}
-
-
 def encode_baseline(m: dict[tuple[str, str, str], dict[str, float]]) -> str:
     """The baseline metrics as a JSON string (sent to xdist workers in ``workerinput``)."""
     import json
@@ -217,7 +204,7 @@ class RunOutputs:
         flush_interval: float = 2.0,
     ):
         self.results_dir = Path(results_dir)
-        # ``baseline``: read completely (read_baseline) before anything is written, since
+        # ``baseline``: read completely (gates.read_baseline_run) before anything is written, since
         # --baseline may be this very folder's results.json
         self.baseline = baseline
         self.max_drop = max_drop

@@ -29,7 +29,7 @@ import pytest
 from harness.cases import CaseSpec
 from harness.devices import check_device, resolve_device
 from harness.errors import HarnessError
-from harness.gates import check_options, load_baseline, validate_gates
+from harness.gates import baseline_metrics, check_options, read_baseline_run, validate_gates
 from harness.protocols import PROTOCOLS, markers
 from harness.results import CaseRecord, ResultStore
 from harness.suite import Suite, load_suite, resolve_suite, suites_dirs
@@ -162,13 +162,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+BASELINE_RUN = pytest.StashKey["RunData"]()
+
+
 def pytest_configure(config: pytest.Config) -> None:
     for name, desc in markers().items():
         config.addinivalue_line("markers", f"{name}: {desc}")
     try:
         check_options(config.getoption("--baseline"), config.getoption("--max-drop"))
-        if config.getoption("--baseline"):
-            load_baseline(config.getoption("--baseline"))
+        if config.getoption("--baseline") and not hasattr(config, "workerinput"):
+            # read once, here, before anything is written; workers get its metrics in workerinput
+            config.stash[BASELINE_RUN] = read_baseline_run(config.getoption("--baseline"))
         check_device(config.getoption("--device"))
         _check_scale_out(config)
     except HarnessError as e:
@@ -293,11 +297,8 @@ class HarnessSession:
 
         keep = self.config.getoption("--save-scores")
         self.scores_root = self.results_dir / (SCORES_DIR if keep else TMP_SCORES_DIR)
-        try:
-            self.baseline = output.read_baseline(self.config.getoption("--baseline"))
-        except HarnessError as e:
-            raise pytest.UsageError(str(e)) from None
-        self.baseline_metrics = output.baseline_metrics(self.baseline)
+        self.baseline = self.config.stash.get(BASELINE_RUN, None)
+        self.baseline_metrics = baseline_metrics(self.baseline)
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node) -> None:
