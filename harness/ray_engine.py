@@ -88,9 +88,28 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None):
 
 @contextlib.contextmanager
 def _quiet_ray():
+    """Ray 2.60 warns, on every run, about its own DataContext defaults (raised from
+    ``ray.data.context``) and about ``max_restarts``/``max_task_retries`` given as keyword
+    arguments (deprecated without a named replacement; see :func:`_actor_retry_args`).  Only
+    those are silenced; any other warning reaches the user."""
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # Ray's, raised at our call sites too
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"ray\.data\.context")
+        warnings.filterwarnings("ignore", message=r"`ray_remote_args` is deprecated")
         yield
+
+
+def _actor_retry_args(ray) -> dict[str, int]:
+    """Bounded fault tolerance for the model actors: a killed actor is restarted twice and a
+    batch retried three times, after which the pass fails (Ray's own default is to restart and
+    retry forever, which turns a model that crashes on every batch into a hang).  Ray 2.60
+    accepts these only as extra keyword arguments and says they go in 2.64; where
+    ``map_batches`` no longer takes them, Ray's defaults apply."""
+    import inspect
+
+    params = inspect.signature(ray.data.Dataset.map_batches).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return {"max_restarts": 2, "max_task_retries": 3}
+    return {}  # pragma: no cover - a future Ray
 
 
 def _decode(batch: dict, split, pres) -> dict:
@@ -203,7 +222,7 @@ def extract_many_ray(
             _F(np.zeros((n, 0), dtype=np.float32), split.labels, np.ones(n, dtype=bool), [], 0.0, False)
             for _ in specs
         ]
-    with _quiet_ray():  # Ray 2.60 warns about its own deprecated settings on every run
+    with _quiet_ray():
         ds = ray.data.from_items(
             [{"id": int(i)} for i in ids_todo], override_num_blocks=max(1, min(m, -(-m // batch_size)))
         )
@@ -214,10 +233,9 @@ def extract_many_ray(
             _Embed,
             fn_constructor_args=(list(specs), index, list(flips), device, autocast),
             batch_size=batch_size,
-            concurrency=actors,
+            compute=ray.data.ActorPoolStrategy(size=actors),
             num_gpus=gpus_per_actor,
-            max_restarts=2,
-            max_task_retries=3,
+            **_actor_retry_args(ray),
         )
         outs: list[np.ndarray | None] = [None] * len(specs)
         valid = np.ones(n, dtype=bool)
