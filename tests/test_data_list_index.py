@@ -1,9 +1,9 @@
-"""The persisted index of LISTS of files (harness.data.index.open_listed).
+"""The persisted index of LISTS of files (harness.data.index.open_listed) and the formats using it.
 
 A warm open of an unchanged list stats the folders holding the files, not the files; a change in
 any of those folders (a file added, removed, replaced, a link re-pointed) or, with
 ``check_sizes``, in a file's size or mtime, checks the list again; a list with a problem is never
-served from the index, so the loaders' error messages can stay exact.
+served from the index, so the loaders' error messages stay exact.
 """
 
 from __future__ import annotations
@@ -19,6 +19,9 @@ import pytest
 from PIL import Image
 
 from harness.data import index as IX
+from harness.data import open_dataset
+from harness.errors import DataError
+from harness.suite import DatasetSpec
 
 
 def png(path: Path, value: int = 0, size=(4, 4)) -> None:
@@ -287,3 +290,200 @@ def test_foreign_index_is_not_used(tmp_path):
     members["header"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
     np.savez(index_file, **members)
     assert not IX.open_listed(paths, tmp_path / "idx").from_index
+
+
+# ------------------------------------------------------------------------------------ formats
+
+def ijb_tree(root: Path, n: int) -> list[str]:
+    (root / "meta").mkdir(parents=True)
+    names = [f"{i}.png" for i in range(n)]
+    for k, name in enumerate(names):
+        png(root / "loose_crop" / name, k % 250)
+    pts = " ".join(["50.0"] * 10)
+    (root / "meta" / "ijbc_face_tid_mid.txt").write_text(
+        "".join(f"{nm} {k % 3} {k}\n" for k, nm in enumerate(names)))
+    (root / "meta" / "ijbc_name_5pts_score.txt").write_text("".join(f"{nm} {pts} 0.9\n" for nm in names))
+    (root / "meta" / "ijbc_template_pair_label.txt").write_text("0 1 1\n0 2 0\n")
+    return names
+
+
+def lfw_tree(root: Path, per_person: int) -> int:
+    people = ["Ann_A", "Bob_B", "Cid_C"]
+    for k, name in enumerate(people):
+        for n in range(1, per_person + 1):
+            png(root / "lfw" / name / f"{name}_{n:04d}.jpg", 10 * k + n)
+    lines = []
+    for n in range(1, per_person):
+        lines += [f"{people[n % 3]}\t{n}\t{n + 1}", f"{people[n % 3]}\t{n}\t{people[(n + 1) % 3]}\t{n}"]
+    (root / "pairs.txt").write_text("\n".join(lines) + "\n")
+    return 2 * len(lines)
+
+
+def list_tree(root: Path, n: int) -> None:
+    rows = ["path,label,attack_type"]
+    for i in range(n):
+        png(root / "live" / f"{i}.png", i % 250)
+        png(root / "print" / f"{i}.png", i % 250)
+        rows += [f"live/{i}.png,bonafide,", f"print/{i}.png,attack,print"]
+    (root / "test.csv").write_text("\n".join(rows) + "\n")
+
+
+def dtd_tree(root: Path, n: int) -> None:
+    base = root / "dtd" / "dtd"
+    classes = ["banded", "blotchy"]
+    for s in ("train", "val", "test"):
+        lines = []
+        for i in range(n):
+            c = classes[i % 2]
+            png(base / "images" / c / f"{c}_{s}_{i}.jpg", 40 * (i % 2))
+            lines.append(f"{c}/{c}_{s}_{i}.jpg")
+        (base / "labels" / f"{s}1.txt").parent.mkdir(parents=True, exist_ok=True)
+        (base / "labels" / f"{s}1.txt").write_text("\n".join(lines) + "\n")
+
+
+FORMATS = {
+    # format: (type, builder, root below tmp, options, split)
+    "ijb": ("ijb", ijb_tree, "IJBC", {}, "test"),
+    "lfw-pairs": ("verification", lfw_tree, "lfw", {}, "test"),
+    "list": ("pad", list_tree, "pad", {}, "test"),
+    "dtd": ("classification", dtd_tree, "dtd", {}, "test"),
+}
+
+
+def fspec(fmt: str, root: Path, **options) -> DatasetSpec:
+    dtype = FORMATS[fmt][0]
+    return DatasetSpec(id="d", type=dtype, format=fmt, root=str(root), source="suite.toml",
+                       protocols=(dtype,), options={**FORMATS[fmt][3], **options})
+
+
+def image_of(split) -> Path:
+    return Path(split.items[len(split) // 2])
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_warm_open_of_a_format_does_not_stat_its_images(fmt, tmp_path, monkeypatch):
+    _type, build, sub, _opts, split_name = FORMATS[fmt]
+    counts, sizes = [], []
+    for n in (4, 30):
+        root = tmp_path / f"n{n}" / sub
+        build(root, n)
+        age(tmp_path / f"n{n}")
+        cold = open_dataset(fspec(fmt, root), index_dir=tmp_path / "idx").split(split_name)
+        with monkeypatch.context() as m:
+            counter = StatCounter(m)
+            warm = open_dataset(fspec(fmt, root), index_dir=tmp_path / "idx").split(split_name)
+            fp = warm.fingerprint()
+        assert warm.items == cold.items and fp == cold.fingerprint()
+        images = {os.fspath(p) for p in warm.items}
+        assert not images & set(counter.paths), sorted(images & set(counter.paths))[:3]
+        counts.append(counter.total)
+        sizes.append(len(warm))
+    assert sizes[1] > sizes[0] and counts[0] == counts[1], (sizes, counts)
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_replacing_a_listed_image_changes_the_split_fingerprint(fmt, tmp_path):
+    _type, build, sub, _opts, split_name = FORMATS[fmt]
+    root = tmp_path / sub
+    build(root, 6)
+    age(tmp_path)
+    before = open_dataset(fspec(fmt, root), index_dir=tmp_path / "idx").split(split_name)
+    again = open_dataset(fspec(fmt, root), index_dir=tmp_path / "idx").split(split_name)
+    assert again.fingerprint() == before.fingerprint()
+    replace_file(image_of(before), 201, size=(9, 3))
+    after = open_dataset(fspec(fmt, root), index_dir=tmp_path / "idx").split(split_name)
+    assert after.items == before.items and after.fingerprint() != before.fingerprint()
+
+
+def test_ijb_missing_or_fifo_crop_keeps_the_message(tmp_path):
+    root = tmp_path / "IJBC"
+    ijb_tree(root, 6)
+    age(tmp_path)
+    open_dataset(fspec("ijb", root), index_dir=tmp_path / "idx")
+    gone = root / "loose_crop" / "4.png"
+    gone.unlink()
+    tid = root / "meta" / "ijbc_face_tid_mid.txt"
+    with pytest.raises(DataError) as e:
+        open_dataset(fspec("ijb", root), index_dir=tmp_path / "idx")
+    assert str(e.value) == (f"{tid}: lists 4.png, but {gone} does not exist; expected "
+                            f"{__import__('harness.data.ijb', fromlist=['LAYOUT']).LAYOUT}")
+    os.mkfifo(gone)
+    with pytest.raises(DataError, match=r"lists 4.png, but .*4.png not a regular file \(a FIFO\)"):
+        open_dataset(fspec("ijb", root), index_dir=tmp_path / "idx")
+
+
+def test_lfw_missing_image_keeps_the_message_after_a_warm_open(tmp_path):
+    root = tmp_path / "lfw"
+    n = lfw_tree(root, 4)
+    age(tmp_path)
+    open_dataset(fspec("lfw-pairs", root), index_dir=tmp_path / "idx")
+    gone = root / "lfw" / "Bob_B" / "Bob_B_0002.jpg"
+    gone.unlink()
+    with pytest.raises(DataError) as e:
+        open_dataset(fspec("lfw-pairs", root), index_dir=tmp_path / "idx")
+    assert str(e.value).startswith(
+        f"{root / 'pairs.txt'}: pair 1 of {n // 2} lists {gone}, which does not exist; every listed "
+        f"image is needed (a skipped pair would shift the folds)")
+
+
+def test_list_errors_keep_row_order_and_messages(tmp_path):
+    list_tree(tmp_path, 3)
+    age(tmp_path)
+    csv = tmp_path / "test.csv"
+    assert len(open_dataset(fspec("list", tmp_path), index_dir=tmp_path / "idx").split("test")) == 6
+    (tmp_path / "print" / "1.png").unlink()       # row 5 (line 5)
+    with pytest.raises(DataError) as e:
+        open_dataset(fspec("list", tmp_path), index_dir=tmp_path / "idx")
+    assert str(e.value) == f"{csv}: line 5: image {str(tmp_path / 'print' / '1.png')!r} does not exist"
+    # a malformed row after it: the missing image, earlier in the file, is still reported
+    csv.write_text(csv.read_text() + "live/0.png,oops,\n")
+    with pytest.raises(DataError, match=r"line 5: image .*1.png' does not exist"):
+        open_dataset(fspec("list", tmp_path), index_dir=tmp_path / "idx")
+    # a malformed row before it is reported first
+    lines = csv.read_text().splitlines()
+    csv.write_text("\n".join(lines[:2] + ["live/0.png,real,"] + lines[2:]) + "\n")
+    with pytest.raises(DataError, match=r"line 3: unknown label 'real'"):
+        open_dataset(fspec("list", tmp_path), index_dir=tmp_path / "idx")
+
+
+def test_list_link_outside_the_folder_is_refused_from_the_index_too(tmp_path):
+    ds = tmp_path / "ds"
+    list_tree(ds, 2)
+    png(tmp_path / "outside.png", 5)
+    (ds / "print" / "1.png").unlink()
+    (ds / "print" / "1.png").symlink_to(tmp_path / "outside.png")
+    age(tmp_path)
+    for _ in range(2):                            # cold, then with the list served from the index
+        with pytest.raises(DataError, match=r"line 5: path 'print/1.png' resolves outside"):
+            open_dataset(fspec("list", ds), index_dir=tmp_path / "idx")
+    assert list((tmp_path / "idx" / IX.SUBDIR).glob("list-*.npz"))  # the files were fine
+    sp = open_dataset(fspec("list", ds, allow_outside_root=True), index_dir=tmp_path / "idx").split("test")
+    assert os.path.realpath(sp.items[3]) == str((tmp_path / "outside.png").resolve())
+
+
+def test_classification_list_messages(tmp_path):
+    dtd_tree(tmp_path, 4)
+    age(tmp_path)
+    open_dataset(fspec("dtd", tmp_path), index_dir=tmp_path / "idx")
+    images = tmp_path / "dtd" / "dtd" / "images"
+    (images / "blotchy" / "blotchy_test_1.jpg").unlink()
+    (images / "banded" / "banded_test_2.jpg").unlink()
+    with pytest.raises(DataError, match=r"2 of the 4 images listed for split 'test' are missing, "
+                                        r"e\.g\. .*blotchy_test_1\.jpg"):
+        open_dataset(fspec("dtd", tmp_path), index_dir=tmp_path / "idx")
+    png(images / "blotchy" / "blotchy_test_1.jpg")
+    os.mkfifo(images / "banded" / "banded_test_2.jpg")
+    with pytest.raises(DataError, match=r"1 of the 4 images listed for split 'test' cannot be used, "
+                                        r"e\.g\. .*banded_test_2\.jpg: not a regular file \(a FIFO\)"):
+        open_dataset(fspec("dtd", tmp_path), index_dir=tmp_path / "idx")
+
+
+def test_open_dataset_threads_index_dir_to_the_list_formats(tmp_path):
+    for fmt in ("ijb", "lfw-pairs", "list", "dtd"):
+        _type, build, sub, _opts, _split = FORMATS[fmt]
+        build(tmp_path / fmt / sub, 3)
+    age(tmp_path)
+    for fmt in ("ijb", "lfw-pairs", "list", "dtd"):
+        idx = tmp_path / f"idx-{fmt}"
+        open_dataset(fspec(fmt, tmp_path / fmt / FORMATS[fmt][2]), index_dir=idx)
+        assert list((idx / IX.SUBDIR).glob("list-*.npz")), fmt
