@@ -341,12 +341,29 @@ def dtd_tree(root: Path, n: int) -> None:
         (base / "labels" / f"{s}1.txt").write_text("\n".join(lines) + "\n")
 
 
+def mad_tree(root: Path, n: int) -> None:
+    for i in range(n):
+        png(root / "bonafide" / f"{i}.png", i % 250)
+        png(root / "M1" / f"{i}.png", (i + 7) % 250)
+
+
+def sun_tree(root: Path, n: int) -> None:
+    base = root / "SUN397"
+    base.mkdir(parents=True)
+    (base / "ClassName.txt").write_text("/a/abbey\n/b/bakery/shop\n")
+    for c in ("a/abbey", "b/bakery/shop"):
+        for i in range(n):
+            png(base / c / f"sun_{i}.jpg", i % 250)
+
+
 FORMATS = {
     # format: (type, builder, root below tmp, options, split)
     "ijb": ("ijb", ijb_tree, "IJBC", {}, "test"),
     "lfw-pairs": ("verification", lfw_tree, "lfw", {}, "test"),
     "list": ("pad", list_tree, "pad", {}, "test"),
     "dtd": ("classification", dtd_tree, "dtd", {}, "test"),
+    "mad-folders": ("mad", mad_tree, "mad", {}, "test"),
+    "sun397": ("classification", sun_tree, "sun", {"sun397_split": "all"}, "test"),
 }
 
 

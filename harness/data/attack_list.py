@@ -29,7 +29,9 @@ those columns (``""`` where a row leaves them empty).  Split names: ``test`` (al
     ``root/bonafide/`` holds the bona fide images and every other folder ``root/<method>/``
     the morphs of one method (attack type = the folder name); images are found recursively
     (the one listing policy of :mod:`harness.data.files`: its extensions, hidden files
-    skipped, each folder walked once, regular files only), sorted.
+    skipped, each folder walked once, regular files only), sorted; the listing is persisted
+    (:func:`harness.data.index.open_tree`) and the split's fingerprint is made from it (path,
+    size, mtime of each image) without a stat per image.
     The names ``train`` and ``dev`` are reserved: ``root/train/`` and ``root/dev/``, when
     present, hold the ``train`` and ``dev`` splits in the same layout
     (``root/train/bonafide/``, ``root/train/<method>/``)::
@@ -62,7 +64,7 @@ import numpy as np
 
 from harness.data.base import Dataset, Split, register_format
 from harness.data.files import IMAGE_EXTENSIONS, regular_file_problem
-from harness.data.index import open_listed, open_tree
+from harness.data.index import list_fingerprint, open_listed, open_tree
 from harness.errors import DataError, DataMissing
 
 REQUIRED_COLUMNS = ("path", "label", "attack_type")
@@ -308,14 +310,15 @@ def open_list(spec, index_dir: str | os.PathLike | None = None) -> Dataset:
 # ----------------------------------------------------------------------------- mad-folders
 
 
-def _listing(folder: Path, index_dir: str | os.PathLike | None) -> dict[str, list[str]]:
-    """Images below each sub-folder of ``folder`` (absolute paths, sorted) by the one lister."""
+def _listing(folder: Path, index_dir: str | os.PathLike | None) -> dict[str, list[tuple[str, int, int]]]:
+    """``(path, size, mtime_ns)`` of the images below each sub-folder of ``folder`` (sorted by
+    path), from the one lister's persisted listing (:func:`harness.data.index.open_tree`)."""
     tree = open_tree(folder, IMAGE_EXTENSIONS, index_dir)
-    out: dict[str, list[str]] = {}
-    for f in tree.files:
+    out: dict[str, list[tuple[str, int, int]]] = {}
+    for f, size, mtime in zip(tree.files, tree.sizes, tree.mtimes):
         sub, sep, _ = f.partition("/")
         if sep:
-            out.setdefault(sub, []).append(os.path.join(folder, *f.split("/")))
+            out.setdefault(sub, []).append((os.path.join(folder, *f.split("/")), size, mtime))
     return out
 
 
@@ -348,16 +351,17 @@ def read_method_folders(
             f"beside {BONA_FIDE_DIR}/; {_FOLDERS_LAYOUT}"
         )
     listing = _listing(folder, index_dir)
-    paths = list(listing.get(BONA_FIDE_DIR, []))
-    if not paths:
+    files = list(listing.get(BONA_FIDE_DIR, []))
+    if not files:
         raise DataError(f"{bona}: split {split!r} has no bona fide samples (no images found)")
-    types = [""] * len(paths)
+    types = [""] * len(files)
     for m in methods:
         imgs = listing.get(m, [])
         if not imgs:
             raise DataError(f"{folder / m}: morphing-method folder holds no images")
-        paths += imgs
+        files += imgs
         types += [m] * len(imgs)
+    paths = [f for f, _, _ in files]
     y = np.zeros(len(paths), dtype=np.int64)
     y[: types.count("")] = 1
     meta = {"attack_type": np.asarray(types, dtype=str)}
@@ -366,7 +370,9 @@ def read_method_folders(
         meta["video_id"] = video_ids(
             rx, [os.path.relpath(p, base).replace(os.sep, "/") for p in paths], str(folder)
         )
-    return Split(name=split, items=paths, labels=y, meta=meta)
+    # path, size and mtime of every item, as recorded by the listing: no stat per image
+    fp = list_fingerprint(paths, [s for _, s, _ in files], [m for _, _, m in files])
+    return Split(name=split, items=paths, labels=y, meta=meta, fingerprint_parts=[f"listed-v1|{fp}"])
 
 
 @register_format("mad-folders", types=("mad", "pad"))

@@ -79,9 +79,8 @@ import numpy as np
 from PIL import Image
 
 from harness.data.base import Dataset, Split, file_fingerprint, register_format
-from harness.data.files import scan_tree
 from harness.data.imagefolder import check_same_classes, class_folders, folder_split
-from harness.data.index import open_listed
+from harness.data.index import list_fingerprint, open_listed, open_tree
 from harness.data.prompts import vendored_classnames
 from harness.errors import DataError, DataMissing, UnsafePickleError
 from harness.safe_pickle import safe_load
@@ -326,24 +325,29 @@ def _sun397(root: Path, ctx: _Ctx = _Ctx()) -> _Loaded:
     if choice == "all":
         # CLIP_benchmark's SUN397 (torchvision's, which has no split): every sun_*.jpg below
         # SUN397/, label from its folder; the probe trains on the images it is tested on.
-        tree = scan_tree(base, (".jpg",))
-        items, labels = [], []
-        for rel in tree.files:
+        tree = open_tree(base, (".jpg",), ctx.index_dir)
+        items, labels, sizes, mtimes = [], [], [], []
+        for rel, size, mtime in zip(tree.files, tree.sizes, tree.mtimes):
             if not rel.rsplit("/", 1)[-1].startswith("sun_"):
                 continue
             cls = "/".join(rel.split("/")[1:-1])
             if cls not in index:
                 raise DataError(f"{base / rel}: its folder {cls!r} is no class of ClassName.txt")
-            items.append(base / rel)
+            items.append(os.fspath(base / rel))
             labels.append(index[cls])
+            sizes.append(size)
+            mtimes.append(mtime)
         if not items:
             raise _Absent(base / "<letter>/<class>/sun_*.jpg")
         rule = (
             "all images, train = test (sun397_split = 'all', as CLIP_benchmark's torchvision "
             "SUN397); not comparable with partition-01 numbers"
         )
-        test = Split("test", [os.fspath(p) for p in items], np.asarray(labels, dtype=np.int64))
-        train = Split("train", test.items, test.labels)
+        # path, size and mtime of each image, as the persisted listing recorded them
+        fp_parts = [f"listed-v1|{list_fingerprint(items, sizes, mtimes)}"]
+        y = np.asarray(labels, dtype=np.int64)
+        test = Split("test", items, y, fingerprint_parts=fp_parts)
+        train = Split("train", items, y, fingerprint_parts=fp_parts)
         return _Loaded(classes, {"train": train, "test": test}, {"split_rule": rule})
     part_dirs = (base, base / "Partitions", root, root / "Partitions")
     part = next(
@@ -359,7 +363,7 @@ def _sun397(root: Path, ctx: _Ctx = _Ctx()) -> _Loaded:
                 cls = "/".join(rel.split("/")[1:-1])
                 if cls not in index:
                     raise DataError(f"{part / fname}: {line!r} is in no class of ClassName.txt")
-                items.append(base / rel)
+                items.append(os.fspath(base / rel))
                 labels.append(index[cls])
             splits[s] = _path_split(s, items, labels, ctx.index_dir)
     else:
