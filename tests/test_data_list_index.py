@@ -504,3 +504,18 @@ def test_open_dataset_threads_index_dir_to_the_list_formats(tmp_path):
         idx = tmp_path / f"idx-{fmt}"
         open_dataset(fspec(fmt, tmp_path / fmt / FORMATS[fmt][2]), index_dir=idx)
         assert list((idx / IX.SUBDIR).glob("list-*.npz")), fmt
+
+
+def test_index_files_get_the_umasks_permissions(tmp_path):
+    root = tmp_path / "d"
+    paths = files_in(root)
+    age(root)
+    old = os.umask(0o002)
+    try:
+        IX.open_listed(paths, tmp_path / "idx")
+        IX.open_tree(root, index_dir=tmp_path / "idx")
+    finally:
+        os.umask(old)
+    written = sorted((tmp_path / "idx" / IX.SUBDIR).iterdir())
+    assert {p.suffix for p in written} == {".npz", ".json"}
+    assert all(p.stat().st_mode & 0o777 == 0o664 for p in written), [oct(p.stat().st_mode) for p in written]

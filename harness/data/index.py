@@ -71,7 +71,6 @@ import json
 import logging
 import os
 import stat
-import tempfile
 import time
 import zipfile
 from collections.abc import Callable, Sequence
@@ -81,6 +80,7 @@ from typing import IO
 
 import numpy as np
 
+from harness._io import atomic_write
 from harness.data.files import IMAGE_EXTENSIONS, Tree, mode_problem, scan_tree, stat_error_problem
 
 log = logging.getLogger("harness.data")
@@ -142,17 +142,10 @@ def _still_valid(data: dict, top: str, exts: list[str], check_sizes: bool) -> bo
 
 
 def _write_atomic(path: Path, dump: Callable[[IO[bytes]], None]) -> None:
-    """Write ``path`` through a temporary file and a rename; a failure is a log line only."""
+    """Write ``path`` by :func:`harness._io.atomic_write` (a temporary sibling renamed over it,
+    the umask's permissions); a failure (read-only cache) is a log line only."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                dump(f)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        atomic_write(path, dump, binary=True)
     except OSError as e:
         log.warning("dataset index %s not written (%s); the listing is used uncached", path, e)
 
