@@ -104,7 +104,7 @@ def test_one_extension_list_serves_every_folder_format():
         src = path.read_text()
         if path.name != "files.py":
             assert "os.walk(" not in src and ".rglob(" not in src, path.name
-    assert classification.scan_tree is F.scan_tree
+    assert classification.open_tree is IX.open_tree and IX.scan_tree is F.scan_tree  # sun397 'all'
 
 
 def test_empty_class_folder_fails_naming_it(tmp_path):

@@ -16,7 +16,8 @@ def open_dataset(spec, index_dir=None) -> Dataset:
     """Open the dataset described by a :class:`harness.suite.DatasetSpec`.
 
     ``index_dir``: the folder for persisted listings (:mod:`harness.data.index`) of formats
-    that list folders; default ``$HARNESS_CACHE`` or ``~/.cache/tradeoff-bench``.
+    that list folders or take their images from a list; default ``$HARNESS_CACHE`` or
+    ``~/.cache/tradeoff-bench``.
     """
     import inspect
 

@@ -21,13 +21,17 @@ those columns (``""`` where a row leaves them empty).  Split names: ``test`` (al
     with a one-line error naming it unless the dataset sets ``allow_outside_root = true``.
     ``label`` is ``bonafide`` or ``attack`` (case-insensitive); ``attack_type`` is required on
     attack rows and must be empty on bona fide rows.  Every listed image must exist and be a
-    regular file (a FIFO or ``/dev/zero`` is reported as "not a regular file").
+    regular file (a FIFO or ``/dev/zero`` is reported as "not a regular file").  The images are
+    checked through the persisted list index (:func:`harness.data.index.open_listed`): a warm
+    open of an unchanged list stats the folders holding the images, not each image.
 
 ``format = "mad-folders"``
     ``root/bonafide/`` holds the bona fide images and every other folder ``root/<method>/``
     the morphs of one method (attack type = the folder name); images are found recursively
     (the one listing policy of :mod:`harness.data.files`: its extensions, hidden files
-    skipped, each folder walked once, regular files only), sorted.
+    skipped, each folder walked once, regular files only), sorted; the listing is persisted
+    (:func:`harness.data.index.open_tree`) and the split's fingerprint is made from it (path,
+    size, mtime of each image) without a stat per image.
     The names ``train`` and ``dev`` are reserved: ``root/train/`` and ``root/dev/``, when
     present, hold the ``train`` and ``dev`` splits in the same layout
     (``root/train/bonafide/``, ``root/train/<method>/``)::
@@ -52,6 +56,7 @@ from __future__ import annotations
 import csv
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +64,7 @@ import numpy as np
 
 from harness.data.base import Dataset, Split, register_format
 from harness.data.files import IMAGE_EXTENSIONS, regular_file_problem
-from harness.data.index import open_tree
+from harness.data.index import list_fingerprint, open_listed, open_tree
 from harness.errors import DataError, DataMissing
 
 REQUIRED_COLUMNS = ("path", "label", "attack_type")
@@ -122,9 +127,33 @@ def video_ids(rx: re.Pattern[str], rel_paths: list[str], where: str) -> np.ndarr
     return np.asarray(out, dtype=str)
 
 
-def _inside(path: str, base_real: str) -> bool:
-    real = os.path.realpath(path)
+def _within(real: str, base_real: str) -> bool:
+    """Whether the resolved path ``real`` is ``base_real`` or below it."""
     return real == base_real or real.startswith(base_real.rstrip(os.sep) + os.sep)
+
+
+def _check_rows(
+    rows: list[tuple[str, str, str, bool]],
+    base: Path,
+    base_real: str,
+    allow_outside_root: bool,
+    problem_of: Callable[[int], str | None],
+    real_of: Callable[[int], str],
+) -> None:
+    """The first row (in file order) whose image is outside the list's folder or not usable.
+
+    ``rows``: ``(where, path as written, full path, absolute)``; ``problem_of`` / ``real_of``
+    answer for a row's position (from the list index, or checked afresh).
+    """
+    for k, (where, rel, full, absolute) in enumerate(rows):
+        if not allow_outside_root and (absolute or not _within(real_of(k), base_real)):
+            raise DataError(
+                f"{where}: path {rel!r} resolves outside the list's folder "
+                f"{base}; set allow_outside_root = true to allow it"
+            )
+        problem = problem_of(k)
+        if problem is not None:
+            raise DataError(f"{where}: image {full!r} {problem}")
 
 
 def read_list(
@@ -133,8 +162,14 @@ def read_list(
     *,
     allow_outside_root: bool = False,
     video_id_pattern: str | None = None,
+    index_dir: str | os.PathLike | None = None,
 ) -> Split:
-    """Read one list CSV into a :class:`Split` (see the module docstring for the format)."""
+    """Read one list CSV into a :class:`Split` (see the module docstring for the format).
+
+    The listed images are checked through the persisted list index
+    (:func:`harness.data.index.open_listed`, under ``index_dir``); errors are reported for the
+    first row that has one, in file order, as if each row were checked when read.
+    """
     csv_path = Path(csv_path)
     base = csv_path.parent
     base_real = os.path.realpath(base)
@@ -144,6 +179,8 @@ def read_list(
         raise DataMissing(f"{csv_path}: list file not found; {_LIST_LAYOUT}")
     if problem is not None:
         raise DataError(f"{csv_path}: list file {problem}; {_LIST_LAYOUT}")
+    rows: list[tuple[str, str, str, bool]] = []  # (where, path as written, full path, absolute)
+    pending: DataError | csv.Error | None = None  # the first malformed row, raised after the files
     with open(csv_path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.reader(fh)
         header = next(reader, None)
@@ -172,49 +209,59 @@ def read_list(
             raise DataError(
                 f"{csv_path}: line 1: a video_id column and video_id_pattern are both given; keep one"
             )
-        paths: list[str] = []
         rels: list[str] = []
         labels: list[int] = []
         types: list[str] = []
         extras: dict[str, list[str]] = {h: [] for h in extra}
-        for row in reader:
-            line = reader.line_num
-            if not row or all(not c.strip() for c in row):
-                continue
-            where = f"{csv_path}: line {line}"
-            if len(row) != len(header):
-                raise DataError(f"{where}: {len(row)} fields, the header has {len(header)}")
-            rel = row[col["path"]].strip()
-            if not rel:
-                raise DataError(f"{where}: empty path")
-            lab = row[col["label"]].strip().lower()
-            if lab not in LABELS:
-                raise DataError(
-                    f"{where}: unknown label {row[col['label']]!r}; expected 'bonafide' or 'attack'"
-                )
-            atype = row[col["attack_type"]].strip()
-            if lab == "bonafide" and atype:
-                raise DataError(f"{where}: bona fide row has attack_type {atype!r}; leave it empty")
-            if lab == "attack" and not atype:
-                raise DataError(
-                    f"{where}: attack row has no attack_type; name the attack species or morphing method"
-                )
-            p = Path(rel)
-            full = p if p.is_absolute() else base / p
-            if not allow_outside_root and (p.is_absolute() or not _inside(str(full), base_real)):
-                raise DataError(
-                    f"{where}: path {rel!r} resolves outside the list's folder "
-                    f"{base}; set allow_outside_root = true to allow it"
-                )
-            problem = regular_file_problem(full)
-            if problem is not None:
-                raise DataError(f"{where}: image {str(full)!r} {problem}")
-            paths.append(str(full))
-            rels.append(os.path.relpath(full, base).replace(os.sep, "/"))
-            labels.append(LABELS[lab])
-            types.append(atype)
-            for h in extra:
-                extras[h].append(row[col[h]].strip())
+        try:
+            for row in reader:
+                line = reader.line_num
+                if not row or all(not c.strip() for c in row):
+                    continue
+                where = f"{csv_path}: line {line}"
+                if len(row) != len(header):
+                    raise DataError(f"{where}: {len(row)} fields, the header has {len(header)}")
+                rel = row[col["path"]].strip()
+                if not rel:
+                    raise DataError(f"{where}: empty path")
+                lab = row[col["label"]].strip().lower()
+                if lab not in LABELS:
+                    raise DataError(
+                        f"{where}: unknown label {row[col['label']]!r}; expected 'bonafide' or 'attack'"
+                    )
+                atype = row[col["attack_type"]].strip()
+                if lab == "bonafide" and atype:
+                    raise DataError(f"{where}: bona fide row has attack_type {atype!r}; leave it empty")
+                if lab == "attack" and not atype:
+                    raise DataError(
+                        f"{where}: attack row has no attack_type; name the attack species or morphing method"
+                    )
+                p = Path(rel)
+                full = p if p.is_absolute() else base / p
+                rows.append((where, rel, str(full), p.is_absolute()))
+                rels.append(os.path.relpath(full, base).replace(os.sep, "/"))
+                labels.append(LABELS[lab])
+                types.append(atype)
+                for h in extra:
+                    extras[h].append(row[col[h]].strip())
+        except (DataError, csv.Error) as e:
+            pending = e
+    paths = [full for _, _, full, _ in rows]
+    if pending is not None:  # the rows before the malformed one first, checked one by one
+        _check_rows(
+            rows,
+            base,
+            base_real,
+            allow_outside_root,
+            lambda k: regular_file_problem(paths[k]),
+            lambda k: os.path.realpath(paths[k]),
+        )
+        raise pending
+    listed = open_listed(paths, index_dir)
+    reals = [] if allow_outside_root else listed.realpaths()
+    _check_rows(
+        rows, base, base_real, allow_outside_root, lambda k: listed.problems.get(k), reals.__getitem__
+    )
     y = np.asarray(labels, dtype=np.int64)
     _check_split(split, str(csv_path), y)
     meta = {"attack_type": np.asarray(types, dtype=str)}
@@ -222,7 +269,9 @@ def read_list(
         meta[h] = np.asarray(extras[h], dtype=str)
     if rx is not None:
         meta["video_id"] = video_ids(rx, rels, str(csv_path))
-    return Split(name=split, items=paths, labels=y, meta=meta)
+    return Split(
+        name=split, items=paths, labels=y, meta=meta, fingerprint_parts=[f"listed-v1|{listed.fingerprint}"]
+    )
 
 
 def _attack_meta(splits: dict[str, Split], fmt: str, root: str) -> dict:
@@ -231,13 +280,14 @@ def _attack_meta(splits: dict[str, Split], fmt: str, root: str) -> dict:
 
 
 @register_format("list", types=("mad", "pad"))
-def open_list(spec) -> Dataset:
+def open_list(spec, index_dir: str | os.PathLike | None = None) -> Dataset:
     """``format = "list"``: a CSV file (test split) or a folder of ``test/train/dev.csv``."""
     root = Path(spec.root)
     opts = spec.options or {}
     kw: dict[str, Any] = {
         "allow_outside_root": bool(opts.get("allow_outside_root", False)),
         "video_id_pattern": opts.get("video_id_pattern"),
+        "index_dir": index_dir,
     }
     if root.is_file():
         splits = {"test": read_list(root, "test", **kw)}
@@ -260,14 +310,15 @@ def open_list(spec) -> Dataset:
 # ----------------------------------------------------------------------------- mad-folders
 
 
-def _listing(folder: Path, index_dir: str | os.PathLike | None) -> dict[str, list[str]]:
-    """Images below each sub-folder of ``folder`` (absolute paths, sorted) by the one lister."""
+def _listing(folder: Path, index_dir: str | os.PathLike | None) -> dict[str, list[tuple[str, int, int]]]:
+    """``(path, size, mtime_ns)`` of the images below each sub-folder of ``folder`` (sorted by
+    path), from the one lister's persisted listing (:func:`harness.data.index.open_tree`)."""
     tree = open_tree(folder, IMAGE_EXTENSIONS, index_dir)
-    out: dict[str, list[str]] = {}
-    for f in tree.files:
+    out: dict[str, list[tuple[str, int, int]]] = {}
+    for f, size, mtime in zip(tree.files, tree.sizes, tree.mtimes):
         sub, sep, _ = f.partition("/")
         if sep:
-            out.setdefault(sub, []).append(os.path.join(folder, *f.split("/")))
+            out.setdefault(sub, []).append((os.path.join(folder, *f.split("/")), size, mtime))
     return out
 
 
@@ -300,16 +351,17 @@ def read_method_folders(
             f"beside {BONA_FIDE_DIR}/; {_FOLDERS_LAYOUT}"
         )
     listing = _listing(folder, index_dir)
-    paths = list(listing.get(BONA_FIDE_DIR, []))
-    if not paths:
+    files = list(listing.get(BONA_FIDE_DIR, []))
+    if not files:
         raise DataError(f"{bona}: split {split!r} has no bona fide samples (no images found)")
-    types = [""] * len(paths)
+    types = [""] * len(files)
     for m in methods:
         imgs = listing.get(m, [])
         if not imgs:
             raise DataError(f"{folder / m}: morphing-method folder holds no images")
-        paths += imgs
+        files += imgs
         types += [m] * len(imgs)
+    paths = [f for f, _, _ in files]
     y = np.zeros(len(paths), dtype=np.int64)
     y[: types.count("")] = 1
     meta = {"attack_type": np.asarray(types, dtype=str)}
@@ -318,7 +370,9 @@ def read_method_folders(
         meta["video_id"] = video_ids(
             rx, [os.path.relpath(p, base).replace(os.sep, "/") for p in paths], str(folder)
         )
-    return Split(name=split, items=paths, labels=y, meta=meta)
+    # path, size and mtime of every item, as recorded by the listing: no stat per image
+    fp = list_fingerprint(paths, [s for _, s, _ in files], [m for _, _, m in files])
+    return Split(name=split, items=paths, labels=y, meta=meta, fingerprint_parts=[f"listed-v1|{fp}"])
 
 
 @register_format("mad-folders", types=("mad", "pad"))

@@ -79,8 +79,8 @@ import numpy as np
 from PIL import Image
 
 from harness.data.base import Dataset, Split, file_fingerprint, register_format
-from harness.data.files import scan_tree
 from harness.data.imagefolder import check_same_classes, class_folders, folder_split
+from harness.data.index import list_fingerprint, open_listed, open_tree
 from harness.data.prompts import vendored_classnames
 from harness.errors import DataError, DataMissing, UnsafePickleError
 from harness.safe_pickle import safe_load
@@ -116,16 +116,36 @@ class _Ctx:
     index_dir: str | os.PathLike | None = None
 
 
-def _path_split(name: str, items: Sequence[os.PathLike | str], labels: Sequence[int] | np.ndarray) -> Split:
-    """A split of listed image files; a listed file that does not exist is a DataError."""
+def _path_split(
+    name: str,
+    items: Sequence[os.PathLike | str],
+    labels: Sequence[int] | np.ndarray,
+    index_dir: str | os.PathLike | None = None,
+) -> Split:
+    """A split of listed image files; a listed file that is missing or not a regular file is a
+    DataError.  The files are checked through the persisted list index
+    (:func:`harness.data.index.open_listed`), whose fingerprint (path, size, mtime of each file)
+    is the split's: a warm open stats the folders, not the images."""
     items = [os.fspath(p) for p in items]
-    missing = [p for p in items if not os.path.exists(p)]
+    listed = open_listed(items, index_dir)
+    missing = listed.missing()
     if missing:
         raise DataError(
             f"{len(missing)} of the {len(items)} images listed for split {name!r} "
-            f"are missing, e.g. {missing[0]}"
+            f"are missing, e.g. {items[missing[0]]}"
         )
-    return Split(name, items, np.asarray(labels, dtype=np.int64))
+    bad = listed.first_problem()
+    if bad is not None:
+        raise DataError(
+            f"{len(listed.problems)} of the {len(items)} images listed for split {name!r} "
+            f"cannot be used, e.g. {items[bad[0]]}: {bad[1]}"
+        )
+    return Split(
+        name,
+        items,
+        np.asarray(labels, dtype=np.int64),
+        fingerprint_parts=[f"listed-v1|{listed.fingerprint}"],
+    )
 
 
 def _lines(path: Path) -> list[str]:
@@ -230,7 +250,7 @@ def _pickle_dict(path: Path) -> dict[str, Any]:
 # ------------------------------------------------------------------------------- the loaders
 
 
-def _food101(root: Path) -> _Loaded:
+def _food101(root: Path, ctx: _Ctx = _Ctx()) -> _Loaded:
     base = root / "food-101"
     metas = {}
     for s in ("train", "test"):
@@ -248,7 +268,7 @@ def _food101(root: Path) -> _Loaded:
         for i, cls in enumerate(classes):
             items += [images.joinpath(*f"{rel}.jpg".split("/")) for rel in meta[cls]]
             labels += [i] * len(meta[cls])
-        splits[s] = _path_split(s, items, labels)
+        splits[s] = _path_split(s, items, labels, ctx.index_dir)
     return _Loaded(classes, splits)
 
 
@@ -305,24 +325,29 @@ def _sun397(root: Path, ctx: _Ctx = _Ctx()) -> _Loaded:
     if choice == "all":
         # CLIP_benchmark's SUN397 (torchvision's, which has no split): every sun_*.jpg below
         # SUN397/, label from its folder; the probe trains on the images it is tested on.
-        tree = scan_tree(base, (".jpg",))
-        items, labels = [], []
-        for rel in tree.files:
+        tree = open_tree(base, (".jpg",), ctx.index_dir)
+        items, labels, sizes, mtimes = [], [], [], []
+        for rel, size, mtime in zip(tree.files, tree.sizes, tree.mtimes):
             if not rel.rsplit("/", 1)[-1].startswith("sun_"):
                 continue
             cls = "/".join(rel.split("/")[1:-1])
             if cls not in index:
                 raise DataError(f"{base / rel}: its folder {cls!r} is no class of ClassName.txt")
-            items.append(base / rel)
+            items.append(os.fspath(base / rel))
             labels.append(index[cls])
+            sizes.append(size)
+            mtimes.append(mtime)
         if not items:
             raise _Absent(base / "<letter>/<class>/sun_*.jpg")
         rule = (
             "all images, train = test (sun397_split = 'all', as CLIP_benchmark's torchvision "
             "SUN397); not comparable with partition-01 numbers"
         )
-        test = Split("test", [os.fspath(p) for p in items], np.asarray(labels, dtype=np.int64))
-        train = Split("train", test.items, test.labels)
+        # path, size and mtime of each image, as the persisted listing recorded them
+        fp_parts = [f"listed-v1|{list_fingerprint(items, sizes, mtimes)}"]
+        y = np.asarray(labels, dtype=np.int64)
+        test = Split("test", items, y, fingerprint_parts=fp_parts)
+        train = Split("train", items, y, fingerprint_parts=fp_parts)
         return _Loaded(classes, {"train": train, "test": test}, {"split_rule": rule})
     part_dirs = (base, base / "Partitions", root, root / "Partitions")
     part = next(
@@ -338,9 +363,9 @@ def _sun397(root: Path, ctx: _Ctx = _Ctx()) -> _Loaded:
                 cls = "/".join(rel.split("/")[1:-1])
                 if cls not in index:
                     raise DataError(f"{part / fname}: {line!r} is in no class of ClassName.txt")
-                items.append(base / rel)
+                items.append(os.fspath(base / rel))
                 labels.append(index[cls])
-            splits[s] = _path_split(s, items, labels)
+            splits[s] = _path_split(s, items, labels, ctx.index_dir)
     else:
         rule = "per-class 50/50 split seeded by crc32(class name) (no Training_01/Testing_01.txt)"
         parts: dict[str, tuple[list[Path], list[int]]] = {"train": ([], []), "test": ([], [])}
@@ -354,11 +379,11 @@ def _sun397(root: Path, ctx: _Ctx = _Ctx()) -> _Loaded:
                 parts[s][1].extend([i] * len(idx))
         if not parts["test"][0]:
             raise _Absent(base / "<letter>/<class>/sun_*.jpg")
-        splits = {s: _path_split(s, *v) for s, v in parts.items()}
+        splits = {s: _path_split(s, *v, ctx.index_dir) for s, v in parts.items()}
     return _Loaded(classes, splits, {"split_rule": rule})
 
 
-def _cars(root: Path) -> _Loaded:
+def _cars(root: Path, ctx: _Ctx = _Ctx()) -> _Loaded:
     base = root / "stanford_cars"
     devkit = base / "devkit"
     classes = [str(c) for c in np.atleast_1d(_loadmat(devkit / "cars_meta.mat")["class_names"])]
@@ -376,11 +401,11 @@ def _cars(root: Path) -> _Loaded:
             raise DataError(
                 f"{annos}: expected an 'annotations' struct with fname and class fields ({e})"
             ) from None
-        splits[s] = _path_split(s, items, labels)
+        splits[s] = _path_split(s, items, labels, ctx.index_dir)
     return _Loaded(classes, splits)
 
 
-def _fgvc_aircraft(root: Path) -> _Loaded:
+def _fgvc_aircraft(root: Path, ctx: _Ctx = _Ctx()) -> _Loaded:
     data = root / "fgvc-aircraft-2013b" / "data"
     classes = _lines(data / "variants.txt")
     index = {c: i for i, c in enumerate(classes)}
@@ -395,11 +420,11 @@ def _fgvc_aircraft(root: Path) -> _Loaded:
                 raise DataError(f"{listing}: variant {variant!r} is not in variants.txt")
             items.append(images / f"{image_id}.jpg")
             labels.append(index[variant])
-        splits[s] = _path_split(s, items, labels)
+        splits[s] = _path_split(s, items, labels, ctx.index_dir)
     return _Loaded(classes, splits)
 
 
-def _dtd(root: Path) -> _Loaded:
+def _dtd(root: Path, ctx: _Ctx = _Ctx()) -> _Loaded:
     base = root / "dtd" / "dtd"
     images = _need(base / "images")
     listed = {
@@ -409,7 +434,9 @@ def _dtd(root: Path) -> _Loaded:
     classes = sorted({cls for rows in listed.values() for cls, _ in rows})
     index = {c: i for i, c in enumerate(classes)}
     splits = {
-        s: _path_split(s, [images / cls / name for cls, name in rows], [index[cls] for cls, _ in rows])
+        s: _path_split(
+            s, [images / cls / name for cls, name in rows], [index[cls] for cls, _ in rows], ctx.index_dir
+        )
         for s, rows in listed.items()
     }
     return _Loaded(classes, splits)
@@ -467,7 +494,7 @@ def _mnist(root: Path) -> _Loaded:
     return _Loaded(_names("mnist"), splits)
 
 
-def _flowers(root: Path) -> _Loaded:
+def _flowers(root: Path, ctx: _Ctx = _Ctx()) -> _Loaded:
     base = root / "flowers-102"
     images = _need(base / "jpg")
     labels = np.atleast_1d(_loadmat(base / "imagelabels.mat")["labels"]).astype(np.int64) - 1
@@ -482,7 +509,9 @@ def _flowers(root: Path) -> _Loaded:
                 f"{base / 'setid.mat'}: {key} holds image ids outside 1..{len(labels)}"
                 " (the length of imagelabels.mat)"
             )
-        splits[s] = _path_split(s, [images / f"image_{i:05d}.jpg" for i in ids], labels[ids - 1])
+        splits[s] = _path_split(
+            s, [images / f"image_{i:05d}.jpg" for i in ids], labels[ids - 1], ctx.index_dir
+        )
     return _Loaded(_names("flowers"), splits)
 
 
@@ -525,7 +554,7 @@ def _gtsrb(root: Path, ctx: _Ctx = _Ctx()) -> _Loaded:
         labels = [int(r["ClassId"]) for r in rows]
     except (KeyError, TypeError, ValueError) as e:
         raise DataError(f"{csv_path}: expected ';'-separated columns Filename and ClassId ({e})") from None
-    return _Loaded(classes, {"train": train, "test": _path_split("test", items, labels)})
+    return _Loaded(classes, {"train": train, "test": _path_split("test", items, labels, ctx.index_dir)})
 
 
 def _split_folders(

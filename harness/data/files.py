@@ -72,17 +72,27 @@ def kind_of(mode: int) -> str:
     return "not a regular file"
 
 
+def stat_error_problem(e: OSError) -> str:
+    """What a failed ``stat`` of a listed file means, in words (see :func:`regular_file_problem`)."""
+    if isinstance(e, FileNotFoundError):
+        return "does not exist"
+    return f"cannot be read ({e.strerror or e})"
+
+
+def mode_problem(mode: int) -> str | None:
+    """``None`` for a regular file's ``st_mode``, else what is wrong, in words."""
+    if not stat.S_ISREG(mode):
+        return f"not a regular file ({kind_of(mode)})"
+    return None
+
+
 def regular_file_problem(path: str | os.PathLike) -> str | None:
     """``None`` for an existing regular file (links followed), else what is wrong, in words."""
     try:
         st = os.stat(path)
-    except FileNotFoundError:
-        return "does not exist"
     except OSError as e:
-        return f"cannot be read ({e.strerror or e})"
-    if not stat.S_ISREG(st.st_mode):
-        return f"not a regular file ({kind_of(st.st_mode)})"
-    return None
+        return stat_error_problem(e)
+    return mode_problem(st.st_mode)
 
 
 # ---------------------------------------------------------------------------------- listing

@@ -22,6 +22,9 @@ landmarks to the ArcFace 112x112 template and returns an RGB PIL image.  ``meta`
 score), ``landmarks`` (float32 ``[M, 5, 2]``), ``pairs`` (int64 ``[P, 2]`` template ids),
 ``pair_label`` (int8 ``[P]``) and ``set`` (``"ijbb"`` / ``"ijbc"``).  The fingerprint covers
 the three meta files, the alignment (template and size) and every image (path, size, mtime).
+Every listed image must be a regular file; the images are checked through the persisted list
+index (:func:`harness.data.index.open_listed`), so a warm open stats ``loose_crop/`` (and any
+sub-folder the names use), not each of IJB-C's 469k crops.
 """
 
 from __future__ import annotations
@@ -37,9 +40,9 @@ from harness.data.base import (
     Split,
     dataset_root,
     file_fingerprint,
-    item_fingerprint,
     register_format,
 )
+from harness.data.index import open_listed
 from harness.errors import DataError, DataMissing
 
 SETS = ("ijbb", "ijbc")
@@ -131,7 +134,7 @@ def read_pairs(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 @register_format("ijb", types=("ijb",))
-def open_ijb(spec) -> Dataset:
+def open_ijb(spec, index_dir: str | os.PathLike | None = None) -> Dataset:
     root, where = dataset_root(spec, LAYOUT)
     prefix = detect_set(root)
     files = meta_files(root / "meta", prefix)
@@ -173,14 +176,14 @@ def open_ijb(spec) -> Dataset:
         + ",".join(f"{v:.4f}" for v in ARCFACE_TEMPLATE_112.ravel())
         + f"/{ALIGNED_SIZE[0]}x{ALIGNED_SIZE[1]}/bilinear",
     ]
-    for path in items:
-        fp = item_fingerprint(path)
-        if fp.endswith("|missing"):
-            raise DataError(
-                f"{files['tid_mid']}: lists {os.path.basename(path)}, but {path} "
-                f"does not exist; expected {LAYOUT}"
-            )
-        parts.append(fp)
+    listed = open_listed(items, index_dir)
+    bad = listed.first_problem()
+    if bad is not None:
+        path = items[bad[0]]
+        raise DataError(
+            f"{files['tid_mid']}: lists {os.path.basename(path)}, but {path} {bad[1]}; expected {LAYOUT}"
+        )
+    parts.append(f"listed-v1|{listed.fingerprint}")
 
     reader = FivePointAligner({p: i for i, p in enumerate(items)}, landmarks)
     meta = {

@@ -20,7 +20,8 @@ Pair ``i`` is items ``2i`` and ``2i+1``; a listed image that is missing is a
 
 One split, ``test``: ``items`` are the ``2N`` image paths, ``labels`` is ``None`` and
 ``meta["issame"]`` the ``N`` booleans; the fingerprint covers ``pairs.txt`` and every image
-(path, size, mtime).
+(path, size, mtime).  The images are checked through the persisted list index
+(:func:`harness.data.index.open_listed`): a warm open stats the image folders, not each image.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.data.base import Dataset, Split, dataset_root, file_fingerprint, item_fingerprint
-from harness.data.files import regular_file_problem
+from harness.data.base import Dataset, Split, dataset_root, file_fingerprint
+from harness.data.index import open_listed
 from harness.data.registry import register_format
 from harness.errors import DataError, DataMissing
 
@@ -92,7 +93,7 @@ def image_folder(root: Path) -> Path:
 
 
 @register_format("lfw-pairs", types=("verification",))
-def open_lfw_pairs(spec) -> Dataset:
+def open_lfw_pairs(spec, index_dir: str | os.PathLike | None = None) -> Dataset:
     root, where = dataset_root(spec, LAYOUT)
     pairs_file = root / "pairs.txt"
     if not pairs_file.is_file():
@@ -103,15 +104,15 @@ def open_lfw_pairs(spec) -> Dataset:
     for name1, n1, name2, n2 in pairs:
         for name, n in ((name1, n1), (name2, n2)):
             items.append(os.path.join(images, name, f"{name}_{n:04d}.jpg"))
-    parts = ["lfw-pairs", file_fingerprint(pairs_file)]
-    for i, path in enumerate(items):
-        problem = regular_file_problem(path)
-        if problem is not None:
-            raise DataError(
-                f"{pairs_file}: pair {i // 2 + 1} of {len(pairs)} lists {path}, which "
-                f"{problem}; every listed image is needed (a skipped pair would shift "
-                f"the folds); expected {LAYOUT}"
-            )
-        parts.append(item_fingerprint(path))
+    listed = open_listed(items, index_dir)
+    bad = listed.first_problem()
+    if bad is not None:
+        i, problem = bad
+        raise DataError(
+            f"{pairs_file}: pair {i // 2 + 1} of {len(pairs)} lists {items[i]}, which "
+            f"{problem}; every listed image is needed (a skipped pair would shift "
+            f"the folds); expected {LAYOUT}"
+        )
+    parts = ["lfw-pairs", file_fingerprint(pairs_file), f"listed-v1|{listed.fingerprint}"]
     split = Split("test", items, None, meta={"issame": issame}, fingerprint_parts=parts)
     return Dataset(spec.id, {"test": split}, meta={"format": "lfw-pairs", "images": str(images)})
