@@ -1,4 +1,10 @@
-"""Test-suite options: performance benchmarks run only with --perf."""
+"""Test-suite options: performance benchmarks run only with --perf.  Caches the tests do not
+place themselves ($HARNESS_CACHE: dataset indexes, the default feature cache) go to a temporary
+folder of this session, not the user's ~/.cache."""
+
+import os
+import shutil
+import tempfile
 
 import pytest
 
@@ -12,6 +18,12 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "perf: a performance benchmark (run with --perf)")
+    if "HARNESS_CACHE" not in os.environ and not hasattr(config, "workerinput"):
+        # set before xdist starts its workers, which inherit it
+        path = tempfile.mkdtemp(prefix="tradeoff-bench-tests-cache-")
+        os.environ["HARNESS_CACHE"] = path
+        config.add_cleanup(lambda: (shutil.rmtree(path, ignore_errors=True),
+                                    os.environ.pop("HARNESS_CACHE", None)))
 
 
 def pytest_collection_modifyitems(config, items):
