@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 
 from harness.errors import DataError
-from harness.store import ChunkWriter, DamagedEntry, Store
+from harness.store import MANIFEST, ChunkWriter, DamagedEntry, LockTimeout, Store, chunk_name
 
 if TYPE_CHECKING:
     from torch.utils.data import Dataset
@@ -315,9 +315,12 @@ LOADER_TIMEOUT = float(os.environ.get("HARNESS_LOADER_TIMEOUT", "600"))  # secon
 
 def _watched(loader: Any, batches: list[list[int]], split) -> Any:
     """Iterate ``loader``; a worker that delivers nothing for ``LOADER_TIMEOUT`` seconds (a
-    file that blocks a read, a hung network mount) fails with the files of the batch it held."""
+    file that blocks a read, a hung network mount) fails with the files of the batch it held.
+    ``batches``: the batches in the order the loader delivers them (a lazy sampler appends to
+    it as the loader asks for them)."""
     it = iter(loader)
-    for b in range(len(batches)):
+    b = 0
+    while True:
         try:
             batch = next(it)
         except StopIteration:
@@ -325,12 +328,13 @@ def _watched(loader: Any, batches: list[list[int]], split) -> Any:
         except RuntimeError as e:
             if "timed out" not in str(e):
                 raise
-            names = [_item_name(split, i) for i in batches[b]]
+            names = [_item_name(split, i) for i in (batches[b] if b < len(batches) else [])]
             shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
             raise DataError(
                 f"{split.name}: a loader worker delivered nothing for {LOADER_TIMEOUT:g} s "
                 f"while reading {shown} (HARNESS_LOADER_TIMEOUT sets the limit)"
             ) from None
+        b += 1
         yield batch
 
 
@@ -414,42 +418,21 @@ class _Rows:
         return result
 
 
-def extract_many(
-    needs: list[Need],
-    split,
-    batch_size: int = 128,
-    num_workers: int | None = None,
-    progress: bool = False,
-    chunk_rows: int = 4096,
-    on_write_error: Callable[[OSError], None] | None = None,
-) -> list[Features]:
-    """Features of ``split`` for every need, from ONE pass over its images.
+def grid_rows(chunk_rows: int, batch_size: int) -> int:
+    """Rows per chunk of the global grid: ``chunk_rows`` rounded down to whole batches (at least
+    one batch), so that every batch starts at a multiple of ``batch_size`` however a split's
+    chunks are divided among runs or processes."""
+    return max(batch_size, (max(chunk_rows, 1) // batch_size) * batch_size)
 
-    Each image is decoded once, each distinct preprocessing applied once, and every model run on
-    its own tensor: each need's features are bit-identical to extracting it alone (same
-    transform, same batches on the same grid).  Rows a need's writer already holds are read back,
-    not recomputed; the images decoded are the rows some need still lacks."""
+
+def _loader_plan(needs: list[Need], ds: _MultiDataset, index: list[int], todo: int, num_workers: int | None):
+    """(DataLoader workers, model threads, pin memory) for ``todo`` rows of these needs."""
     import torch
-    from torch.utils.data import DataLoader
 
-    n = len(split)
-    if not needs:
-        return []
-    K = len(needs)
-    rows_ = _Rows(needs, split, on_write_error)
-    lacks = rows_.lacks
-    rows = max(batch_size, (max(chunk_rows, 1) // batch_size) * batch_size)
-    plan = _chunk_plan(_missing_ranges(n, _ranges(~np.any(np.stack(lacks), axis=0))), rows)
-    batches = [list(range(s, min(s + batch_size, e))) for a, e in plan for s in range(a, e, batch_size)]
-
-    pres, index = _preprocess_groups(needs)
-    ds = _MultiDataset(split, [p.transform() for p in pres], [p.size for p in pres])
     devices = {str(nd.model.device) for nd in needs}
     on_cpu = devices == {"cpu"}
     on_cuda = any(d.startswith("cuda") for d in devices)
-    threads_before = torch.get_num_threads()
-    threads = threads_before
-    todo = sum(len(b) for b in batches)
+    threads = torch.get_num_threads()
     if not todo:
         workers = 0
     elif num_workers is None and on_cpu and todo >= 512:
@@ -458,49 +441,108 @@ def extract_many(
         workers = _num_workers(todo, num_workers)
         if on_cpu and workers:
             threads = max(1, _cpus() - workers)
-    bar = None
-    if progress and todo:
-        from tqdm import tqdm
+    return workers, threads, on_cuda
 
-        names = ",".join(dict.fromkeys(str(nd.model.id) for nd in needs))
-        bar = tqdm(
-            total=n,
-            initial=min(rows_.resumed),
-            unit="img",
-            desc=f"features {names}/{split.name}",
-            leave=False,
-            dynamic_ncols=True,
-            **_tqdm_kwargs(),
-        )
+
+def _loader(ds: _MultiDataset, sampler: Any, workers: int, on_cuda: bool) -> Any:
+    from torch.utils.data import DataLoader
+
+    return DataLoader(
+        cast("Dataset[Any]", ds),  # a map-style dataset (__len__, __getitem__)
+        batch_sampler=sampler,
+        num_workers=workers,
+        pin_memory=on_cuda,
+        persistent_workers=False,
+        prefetch_factor=4 if workers else None,
+        timeout=LOADER_TIMEOUT if workers else 0,
+    )
+
+
+def _encode(nd: Need, x: Any) -> np.ndarray:
+    """One batch through one need's model (flip: f(x) + f(flip x))."""
+    import torch
+
+    if nd.flip:
+        f = nd.model.encode_image(torch.cat([x, x.flip(-1)], 0))
+        f = f[: len(x)] + f[len(x) :]
+    else:
+        f = nd.model.encode_image(x)
+    return f.float().cpu().numpy()
+
+
+def _bar(progress: bool, todo: int, needs: list[Need], split, initial: int) -> Any:
+    if not (progress and todo):
+        return None
+    from tqdm import tqdm
+
+    names = ",".join(dict.fromkeys(str(nd.model.id) for nd in needs))
+    return tqdm(
+        total=len(split),
+        initial=initial,
+        unit="img",
+        desc=f"features {names}/{split.name}",
+        leave=False,
+        dynamic_ncols=True,
+        **_tqdm_kwargs(),
+    )
+
+
+def extract_many(
+    needs: list[Need],
+    split,
+    batch_size: int = 128,
+    num_workers: int | None = None,
+    progress: bool = False,
+    chunk_rows: int = 4096,
+    on_write_error: Callable[[OSError], None] | None = None,
+    share: Share | None = None,
+) -> list[Features]:
+    """Features of ``split`` for every need, from ONE pass over its images.
+
+    Each image is decoded once, each distinct preprocessing applied once, and every model run on
+    its own tensor: each need's features are bit-identical to extracting it alone (same
+    transform, same batches on the same grid).  Rows a need's writer already holds are read back,
+    not recomputed; the images decoded are the rows some need still lacks.
+
+    ``share``: the split is extracted together with other processes, chunk by chunk
+    (:class:`Share`); every need must then have a writer (else the split is extracted here
+    alone, as without ``share``)."""
+    import torch
+
+    n = len(split)
+    if not needs:
+        return []
+    if share is not None and all(nd.writer is not None for nd in needs):
+        return _SharedPass(
+            needs, split, batch_size, num_workers, progress, chunk_rows, on_write_error, share
+        ).run()
+    K = len(needs)
+    rows_ = _Rows(needs, split, on_write_error)
+    lacks = rows_.lacks
+    rows = grid_rows(chunk_rows, batch_size)
+    plan = _chunk_plan(_missing_ranges(n, _ranges(~np.any(np.stack(lacks), axis=0))), rows)
+    batches = [list(range(s, min(s + batch_size, e))) for a, e in plan for s in range(a, e, batch_size)]
+
+    pres, index = _preprocess_groups(needs)
+    ds = _MultiDataset(split, [p.transform() for p in pres], [p.size for p in pres])
+    threads_before = torch.get_num_threads()
+    todo = sum(len(b) for b in batches)
+    workers, threads, on_cuda = _loader_plan(needs, ds, index, todo, num_workers)
+    bar = _bar(progress, todo, needs, split, min(rows_.resumed))
 
     t0 = time.perf_counter()
     torch.set_num_threads(threads)
     try:
         if batches:
-            loader: Any = DataLoader(
-                cast("Dataset[Any]", ds),  # a map-style dataset (__len__, __getitem__)
-                batch_sampler=batches,
-                num_workers=workers,
-                pin_memory=on_cuda,
-                persistent_workers=False,
-                prefetch_factor=4 if workers else None,
-                timeout=LOADER_TIMEOUT if workers else 0,
-            )
             ci = 0
             with torch.inference_mode():
-                for images, idx, ok in _watched(loader, batches, split):
+                for images, idx, ok in _watched(_loader(ds, batches, workers, on_cuda), batches, split):
                     idx = idx.numpy()
                     okb = ok.numpy().astype(bool)
                     for k, (nd, j) in enumerate(zip(needs, index)):
                         if not lacks[k][idx[0]]:
                             continue  # this need's chunk was resumed from the store
-                        x = images[j]
-                        if nd.flip:
-                            f = nd.model.encode_image(torch.cat([x, x.flip(-1)], 0))
-                            f = f[: len(x)] + f[len(x) :]
-                        else:
-                            f = nd.model.encode_image(x)
-                        rows_.put(k, idx, f.float().cpu().numpy(), okb)
+                        rows_.put(k, idx, _encode(nd, images[j]), okb)
                     if bar is not None:
                         bar.update(len(idx))
                     while ci < len(plan) and idx[-1] + 1 >= plan[ci][1]:
@@ -520,6 +562,372 @@ def extract_many(
         "distinct_preprocessing": len(pres),
     }
     return rows_.finish(seconds, [loader] * K)
+
+
+# ----------------------------------------------------------------- shared extraction
+
+
+@dataclass
+class Share:
+    """One split extracted together by several processes (``pytest -n N`` with fewer models than
+    workers), at chunk granularity, through the store's chunk claims (:mod:`harness.store`).
+
+    ``wait=True``: return every need's features -- compute the chunks this process can claim,
+    then wait for those other live processes hold (taking over the claims of dead or silent
+    holders), read them, and finalise the entries.  ``wait=False`` (a *help* pass): compute the
+    chunks that can be claimed, finalise the entries if they are then complete, and return no
+    features.  ``decoded`` counts the rows this process decoded (read it after the call)."""
+
+    store: Store
+    wait: bool = True
+    poll: float = 0.05  # first wait between looks at the others' progress (grows to 1 s)
+    first_report: float | None = None  # report a wait after this long (default: 5 s at most)
+    decoded: int = 0
+
+
+class _Unshared(Exception):
+    """No claim could be written (full or read-only cache): the split is extracted alone."""
+
+
+class _SharedPass:
+    """:func:`extract_many` over the chunks of the global grid this process claims.
+
+    The DataLoader's batch sampler is lazy: it claims a chunk (for every need that lacks it)
+    when the loader first asks for the chunk's rows, skips chunks that are committed or held by
+    others, and never blocks -- waiting for other processes happens between passes, when this
+    process holds no uncommitted rows (so two waiting processes never wait on each other).
+    Batches are those of a single-process run: same grid, same batch boundaries, so features
+    are bit-identical."""
+
+    def __init__(self, needs, split, batch_size, num_workers, progress, chunk_rows, on_write_error, share):
+        self.needs, self.split, self.share = needs, split, share
+        self.batch_size, self.num_workers, self.progress = batch_size, num_workers, progress
+        self.chunk_rows, self.on_write_error = chunk_rows, on_write_error
+        self.n = len(split)
+        self.rows = grid_rows(chunk_rows, batch_size)
+        self.grid = _chunk_plan([(0, self.n)], self.rows) if self.n else []
+        self.writers: list[ChunkWriter] = [nd.writer for nd in needs]
+        self.names = [chunk_name(a, e) for a, e in self.grid]
+        K = len(needs)
+        self.have: list[set[int]] = [set() for _ in range(K)]  # chunks whose rows we hold (or wrote)
+        self.finished = [False] * K  # entry finalised (by anyone): read it whole
+        self.read_entry: list[tuple[np.ndarray, np.ndarray, list[str]] | None] = [None] * K
+        self.outs: list[np.ndarray | None] = [None] * K  # wait mode: the whole split
+        self.valids = [np.ones(self.n, dtype=bool) for _ in range(K)] if share.wait else []
+        self.claims: dict[int, dict[int, Any]] = {}  # chunk -> need -> Claim, not yet committed
+        self.ready: dict[int, dict[int, Any]] = {}  # claimed between passes, for the next pass
+        self.decoded = 0
+
+    # ------------------------------------------------------------------- claiming
+    def _claim(self, j: int, ks: list[int]) -> dict[int, Any]:
+        got = {}
+        a, e = self.grid[j]
+        for k in ks:
+            try:
+                c = self.writers[k].claim(a, e)
+            except OSError as err:
+                if self.on_write_error is not None:
+                    self.on_write_error(err)
+                raise _Unshared from None
+            if c is not None:
+                got[k] = c
+        return got
+
+    def _open(self, j: int) -> list[int]:
+        """Needs that still lack chunk ``j`` (not held, not committed, entry not finished)."""
+        ks = []
+        for k in range(len(self.needs)):
+            if j in self.have[k] or self.finished[k]:
+                continue
+            if (self.writers[k].dir / MANIFEST).exists() and self.writers[k].is_finished():
+                self.finished[k] = True
+                continue
+            ks.append(k)
+        return ks
+
+    def _sampler(self, issued: list[list[int]]) -> Any:
+        bs = self.batch_size
+        for j, (a, e) in enumerate(self.grid):
+            got = self.ready.pop(j, None) or (self._claim(j, ks) if (ks := self._open(j)) else {})
+            if not got:
+                continue
+            self.claims[j] = got
+            for s in range(a, e, bs):
+                b = list(range(s, min(s + bs, e)))
+                issued.append(b)
+                yield b
+
+    def _release(self) -> None:
+        for got in [*self.claims.values(), *self.ready.values()]:
+            for c in got.values():
+                c.release()
+        self.claims.clear()
+        self.ready.clear()
+
+    # ---------------------------------------------------------------------- passes
+    def _pass(self, ds, index, workers, on_cuda, bar) -> None:
+        import torch
+
+        issued: list[list[int]] = []
+        buf: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+        beat = min(5.0, self.share.store.lock_timeout / 4)
+        last_beat = time.monotonic()
+        with torch.inference_mode():
+            loader = _loader(ds, self._sampler(issued), workers, on_cuda)
+            for images, idx, ok in _watched(loader, issued, self.split):
+                idx = idx.numpy()
+                okb = ok.numpy().astype(bool)
+                j = int(idx[0]) // self.rows
+                a, e = self.grid[j]
+                for k in self.claims[j]:
+                    f = _encode(self.needs[k], images[index[k]])
+                    if (j, k) not in buf:
+                        buf[j, k] = (np.zeros((e - a, f.shape[1]), np.float32), np.ones(e - a, bool))
+                    x, v = buf[j, k]
+                    x[idx - a] = f
+                    v[idx - a] = okb
+                self.decoded += len(idx)
+                if bar is not None:
+                    bar.update(len(idx))
+                if idx[-1] + 1 == e:
+                    got = self.claims[j]
+                    try:
+                        for k in got:
+                            self._commit(j, k, *buf.pop((j, k)))
+                    finally:
+                        for c in got.values():
+                            c.release()
+                        del self.claims[j]
+                if time.monotonic() - last_beat >= beat:  # heartbeat: we are alive and working
+                    last_beat = time.monotonic()
+                    for got in self.claims.values():
+                        for c in got.values():
+                            c.touch()
+
+    def _commit(self, j: int, k: int, x: np.ndarray, v: np.ndarray) -> None:
+        a, e = self.grid[j]
+        x[~v] = 0.0
+        bad = [_item_name(self.split, int(i)) for i in a + np.flatnonzero(~v)]
+        try:
+            self.writers[k].write_chunk(a, x, v, bad)
+        except OSError as err:
+            if not self.writers[k].is_finished():  # (a duplicate of a finished entry: harmless)
+                if self.on_write_error is not None:
+                    self.on_write_error(err)
+                raise _Unshared from None
+        self.have[k].add(j)
+        if self.share.wait:
+            self._put(k, a, e, x, v)
+
+    def _put(self, k: int, a: int, e: int, x: np.ndarray, v: np.ndarray) -> None:
+        out = self.outs[k]
+        if out is None:
+            out = self.outs[k] = np.zeros((self.n, x.shape[1]), dtype=np.float32)
+        if x.shape[1] != out.shape[1]:
+            raise DamagedEntry(f"a chunk of width {x.shape[1]} among chunks of width {out.shape[1]}")
+        out[a:e] = x
+        self.valids[k][a:e] = v
+
+    # ---------------------------------------------------------------------- waiting
+    def _settle(self) -> bool:
+        """Wait until every chunk not ours is committed (False), or until some could be claimed
+        -- a dead or silent holder's, or one released uncommitted (True: compute them)."""
+        store = self.share.store
+        t0 = last = time.monotonic()
+        seen: Any = None
+        first = self.share.first_report
+        first = min(5.0, store.wait_report_every) if first is None else first
+        reported = t0 - store.wait_report_every + first
+        delay = self.share.poll
+        while True:
+            pending: dict[tuple[int, int], Path | None] = {}
+            written = 0
+            for k, w in enumerate(self.writers):
+                if self.finished[k] or w.is_finished():
+                    self.finished[k] = True
+                    continue
+                records, claims = w.listing()
+                written += len(records)
+                for j, name in enumerate(self.names):
+                    if j not in self.have[k] and name not in records:
+                        pending[k, j] = claims.get(name)
+            if not pending:
+                return False
+            holders: dict[str, float] = {}
+            for (k, j), p in pending.items():
+                info = None if p is None else _holder(p)
+                if info is not None and not info.stale(store.lock_timeout):
+                    holders[info.describe()] = max(holders.get(info.describe(), 0.0), info.touched)
+                    continue
+                got = self._claim(j, [k])  # unclaimed, or its holder is dead or silent
+                if got:
+                    self.ready.setdefault(j, {}).update(got)
+            if self.ready:
+                return True
+            now = time.monotonic()
+            progress = (written, max(holders.values(), default=0.0))
+            if progress != seen:
+                seen, last = progress, now
+            where = self.writers[0].dir if len(self.writers) == 1 else self.writers[0].dir.parent
+            who = ", ".join(sorted(holders)) or "no process"
+            if now - last >= store.lock_timeout:
+                raise LockTimeout(
+                    f"feature cache: gave up after {now - t0:.0f} s waiting for {len(pending)} "
+                    f"chunk(s) of {where}, claimed by {who} with no progress for {now - last:.0f} s "
+                    f"(--lock-timeout {store.lock_timeout:g}); is another run stuck on this cache?"
+                )
+            if now - reported >= store.wait_report_every:
+                reported = now
+                store.notify(
+                    f"feature cache: waiting for {len(pending)} chunk(s) of {where}, claimed by "
+                    f"{who} ({now - t0:.0f} s; {written} chunk(s) written; --lock-timeout "
+                    f"{store.lock_timeout:g} s without progress)"
+                )
+            time.sleep(delay)
+            delay = min(1.0, delay * 1.5)
+
+    def _assemble(self) -> bool:
+        """Read the chunks others committed (or the entry someone finalised); False when some
+        rows are still missing (a damaged chunk was removed: compute it in another pass)."""
+        store = self.share.store
+        complete = True
+        for k, w in enumerate(self.writers):
+            if self.read_entry[k] is not None or len(self.have[k]) == len(self.grid):
+                continue
+            if self.finished[k] or w.is_finished():
+                got = store.read(w.kind, w.key)
+                if got is not None:
+                    arrays, meta = got
+                    x, v = arrays["x"], np.asarray(arrays["valid"], dtype=bool)
+                    if x.ndim == 2 and len(x) == self.n and len(v) == self.n:
+                        self.read_entry[k] = (x, v, [str(b) for b in meta.get("bad_items", [])])
+                        continue
+                    store.warn(
+                        f"feature cache: damaged entry {w.dir / 'manifest.json'} (wrong row count); recomputing"
+                    )
+                    store.discard(w.kind, w.key, keep_chunks=True)
+                self.finished[k] = False
+            missing = {self.grid[j]: j for j in range(len(self.grid)) if j not in self.have[k]}
+            for c in w.completed(only=set(missing)):
+                try:
+                    self._put(k, c.start, c.stop, np.asarray(c.x), c.valid)
+                except DamagedEntry as e:
+                    store.warn(
+                        f"feature cache: damaged chunk {w.record(c.start, c.stop)} ({e}); recomputing its rows"
+                    )
+                    for q in (w.record(c.start, c.stop), w.record(c.start, c.stop).with_suffix(".npy")):
+                        with contextlib.suppress(OSError):
+                            q.unlink()
+                    continue
+                self.have[k].add(missing[(c.start, c.stop)])
+            if len(self.have[k]) != len(self.grid):
+                complete = False
+        return complete
+
+    # ------------------------------------------------------------------------- run
+    def run(self) -> list[Features]:
+        import torch
+
+        needs, split, share = self.needs, self.split, self.share
+        pres, index = _preprocess_groups(needs)
+        ds = _MultiDataset(split, [p.transform() for p in pres], [p.size for p in pres])
+        records = self.writers[0].listing()[0]
+        todo = sum(e - a for (a, e), name in zip(self.grid, self.names) if name not in records)
+        threads_before = torch.get_num_threads()
+        workers, threads, on_cuda = _loader_plan(needs, ds, index, todo, self.num_workers)
+        bar = _bar(self.progress, todo, needs, split, self.n - todo)
+        t0 = time.perf_counter()
+        torch.set_num_threads(threads)
+        try:
+            while True:
+                self._pass(ds, index, workers, on_cuda, bar)
+                if not share.wait:
+                    break  # help pass: the chunks others hold are theirs to finish
+                if self._settle():
+                    continue  # claimed chunks of dead or silent holders: compute them
+                if self._assemble():
+                    break
+        except _Unshared:
+            self._release()
+            share.decoded += self.decoded
+            if not share.wait:
+                return []
+            alone = [Need(nd.model, nd.flip, None) for nd in needs]
+            got = extract_many(
+                alone, split, self.batch_size, self.num_workers, self.progress, self.chunk_rows
+            )
+            share.decoded += int(got[0].loader.get("decoded_rows", 0)) if got else 0
+            return got
+        finally:
+            self._release()
+            torch.set_num_threads(threads_before)
+            if bar is not None:
+                bar.close()
+        seconds = time.perf_counter() - t0
+        share.decoded += self.decoded
+        loader = {
+            "workers": workers,
+            "threads": threads,
+            "decoded_rows": self.decoded,
+            "shared_models": len(needs),
+            "distinct_preprocessing": len(pres),
+            "shared_split": True,
+        }
+        if not share.wait:
+            self._finish_from_chunks(seconds)
+            return []
+        return self._finish(seconds, loader)
+
+    def _finish_from_chunks(self, seconds: float) -> None:
+        """Help pass: the entries whose chunks are now all committed are finalised from them."""
+        for k, w in enumerate(self.writers):
+            records = w.listing()[0]
+            if self.finished[k] or any(name not in records for name in self.names):
+                continue
+            try:
+                w.finish_shared({"seconds": seconds, "n_rows": self.n})
+            except ValueError:
+                pass  # a chunk was damaged or went away: left to the reader
+            except OSError as err:
+                if self.on_write_error is not None:
+                    self.on_write_error(err)
+
+    def _finish(self, seconds: float, loader: dict) -> list[Features]:
+        result = []
+        for k, w in enumerate(self.writers):
+            entry = self.read_entry[k]
+            if entry is not None:
+                x, valid, bad = entry
+            else:
+                out = self.outs[k]
+                x = out if out is not None else np.zeros((self.n, 0) if self.n else (0, 0), dtype=np.float32)
+                valid = self.valids[k]
+                bad = [_item_name(self.split, int(i)) for i in np.flatnonzero(~valid)]
+                try:
+                    w.finish_shared({"bad_items": bad, "seconds": seconds, "n_rows": self.n}, x, valid)
+                except OSError as err:
+                    if self.on_write_error is not None:
+                        self.on_write_error(err)
+            f = Features(
+                x,
+                self.split.labels,
+                valid,
+                bad,
+                seconds,
+                False,
+                loader={**loader, "resumed_rows": self.n - self.decoded},
+            )
+            result.append(f)
+        return result
+
+
+def _holder(path: Path) -> Any:
+    from harness.store import read_claim
+
+    try:
+        return read_claim(path)
+    except OSError:
+        return None
 
 
 def _ranges(mask: np.ndarray) -> list[tuple[int, int]]:
@@ -565,11 +973,18 @@ class FeatureCache:
         lock_timeout: float = 300.0,
         chunk_rows: int = 4096,
         memory_entries: int | None = None,
+        share: bool = False,
+        refresh_before: float | None = None,
     ):
         from harness import fileid
 
         self.root = Path(root)
         self.refresh = refresh
+        # extract together with other processes, chunk by chunk (Share), instead of one process
+        # per entry under its lock; with refresh, what was written before refresh_before is stale
+        self.share = share
+        self.refresh_before = refresh_before if refresh_before is not None else time.time()
+        self.decoded_rows = 0  # images this process decoded (all extractions)
         self.warnings: list[str] = []
         self._refreshed: set[str] = set()
         self._memory: OrderedDict[str, Any] = OrderedDict()
@@ -647,6 +1062,31 @@ class FeatureCache:
         self._remember(key, f)
         return f
 
+    def ready(self, model, split, flip: bool = False) -> bool:
+        """Whether a finished entry is in place (its manifest only: a cheap look for the help
+        pass; the arrays are checked when read)."""
+        key = self.key(model, split, flip)
+        if self._forced(key):
+            return False
+        return key in self._memory or self.store.open_writer(key, len(split)).is_finished()
+
+    def claimable(self, model, split, flip: bool = False, batch_size: int = 128) -> bool:
+        """Whether some chunk of the split is neither committed nor claimed by a live process
+        (a help pass builds no model for a split that others have entirely in hand)."""
+        key = self.key(model, split, flip)
+        if self._forced(key):
+            return True  # what is there is to be recomputed
+        w = self.store.open_writer(key, len(split))
+        records, claims = w.listing()
+        for a, e in _chunk_plan([(0, len(split))], grid_rows(self.chunk_rows, batch_size)):
+            name = chunk_name(a, e)
+            if name in records:
+                continue
+            info = None if name not in claims else _holder(claims[name])
+            if info is None or info.stale(self.store.lock_timeout):
+                return True
+        return False
+
     def cached(self, model, split, flip: bool = False) -> bool:
         """Whether the features are in the cache (memory or a complete, intact entry)."""
         key = self.key(model, split, flip)
@@ -681,7 +1121,9 @@ class FeatureCache:
             if key not in keys[:i]:
                 out[i] = self._read(key, split)
         todo = [i for i, f in enumerate(out) if f is None and keys[i] not in keys[:i]]
-        if todo:
+        if todo and self.share and extractor is None:
+            self._shared(requests, split, keys, todo, out, batch_size, num_workers, progress, wait=True)
+        elif todo:
             with contextlib.ExitStack() as locks:
                 for key in sorted({keys[i] for i in todo}):
                     locks.enter_context(self.store.lock("features", key))
@@ -717,6 +1159,7 @@ class FeatureCache:
                         self.chunk_rows,
                         self.store.write_failed,
                     )
+                    self.decoded_rows += max((int(f.loader.get("decoded_rows", 0)) for f in got), default=0)
                     for i, f in zip(which, got):
                         f.key = keys[i]
                         self._remember(keys[i], f)
@@ -725,6 +1168,71 @@ class FeatureCache:
             if out[i] is None:
                 out[i] = out[keys.index(key)]
         return out  # type: ignore[return-value]
+
+    def help_many(
+        self,
+        requests: list[tuple[Any, bool]],
+        split,
+        batch_size: int = 128,
+        num_workers: int | None = None,
+        progress: bool = False,
+    ) -> int:
+        """A help pass (:class:`Share`, ``wait=False``): decode the chunks of ``split`` that no
+        other process has claimed, for every (model, flip) not cached, commit them, finalise the
+        entries they complete, and return without waiting for the rest.  The rows decoded."""
+        keys = [self.key(m, split, flip) for m, flip in requests]
+        out: list[Features | None] = [None] * len(requests)
+        todo = [
+            i
+            for i, key in enumerate(keys)
+            if key not in keys[:i] and not self.ready(requests[i][0], split, requests[i][1])
+        ]
+        return self._shared(requests, split, keys, todo, out, batch_size, num_workers, progress, wait=False)
+
+    def _shared(self, requests, split, keys, todo, out, batch_size, num_workers, progress, wait: bool) -> int:
+        """Extract ``todo`` together with other processes (chunk claims); fills ``out`` when
+        ``wait``.  The rows this process decoded."""
+        needs, which = [], []
+        for i in todo:
+            key = keys[i]
+            if self._forced(key):  # --refresh-features: what this run's processes wrote stays
+                with self.store.lock("features", key):
+                    self.store.discard("features", key, older_than=self.refresh_before)
+                self._refreshed.add(key)
+            if wait:
+                out[i] = self._read(key, split)
+                if out[i] is not None:
+                    continue
+            writer = None
+            if self.store.writable():
+                writer = self.store.open_writer(key, len(split))
+                try:
+                    writer.chunk_dir.mkdir(parents=True, exist_ok=True)
+                except OSError as e:
+                    self.store.write_failed(e)
+                    writer = None
+            if writer is None and not wait:
+                continue  # nothing to share through an unwritable cache
+            m, flip = requests[i]
+            needs.append(Need(m, flip, writer))
+            which.append(i)
+        if not needs:
+            return 0
+        share = Share(self.store, wait=wait)
+        got = extract_many(
+            needs, split, batch_size, num_workers, progress, self.chunk_rows, self.store.write_failed, share
+        )
+        if all(nd.writer is not None for nd in needs):
+            decoded = share.decoded
+        else:  # extracted alone (unwritable cache)
+            decoded = max((int(f.loader.get("decoded_rows", 0)) for f in got), default=0)
+        self.decoded_rows += decoded
+        self.extractions += 1 if decoded else 0
+        for i, f in zip(which, got):
+            f.key = keys[i]
+            self._remember(keys[i], f)
+            out[i] = f
+        return decoded
 
     def text_classifier(
         self, model, classnames: list[str], templates: list, build: Callable[[], np.ndarray]
