@@ -1196,7 +1196,7 @@ class FeatureCache:
         for i in todo:
             key = keys[i]
             if self._forced(key):  # --refresh-features: what this run's processes wrote stays
-                with self.store.lock("features", key):
+                with self.store.lock("features", key, quiet=30.0):
                     self.store.discard("features", key, older_than=self.refresh_before)
                 self._refreshed.add(key)
             if wait:

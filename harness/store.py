@@ -415,12 +415,13 @@ class Store:
     # ----------------------------------------------------------------------------- locking
 
     @contextlib.contextmanager
-    def lock(self, kind: str, key: str) -> Iterator[None]:
+    def lock(self, kind: str, key: str, quiet: float = 0.0) -> Iterator[None]:
         """Hold the entry's lock (saves duplicate work; correctness does not depend on it).
 
-        While waiting, a line says who holds it, every ``wait_report_every`` seconds; after
-        ``lock_timeout`` seconds :class:`LockTimeout`.  A folder where no lock can be created
-        (read-only cache) is used without one.
+        While waiting, a line says who holds it, every ``wait_report_every`` seconds (none
+        during the first ``quiet`` seconds: a short, expected wait); after ``lock_timeout``
+        seconds :class:`LockTimeout`.  A folder where no lock can be created (read-only cache)
+        is used without one.
         """
         from filelock import FileLock, Timeout
 
@@ -431,7 +432,7 @@ class Store:
             lock = FileLock(str(path), mode=0o666)
             lock.acquire(timeout=0)
         except Timeout:
-            lock = self._wait(lock, path)
+            lock = self._wait(lock, path, quiet)
         except OSError:
             yield  # cannot even create the lock: read what is there, write nothing durable
             return
@@ -464,7 +465,7 @@ class Store:
                 newest = max(newest, p.stat().st_mtime)
         return len(records), newest
 
-    def _wait(self, lock: Any, path: Path) -> Any:
+    def _wait(self, lock: Any, path: Path, quiet: float = 0.0) -> Any:
         """Wait for the lock, saying who holds it; give up after ``lock_timeout`` seconds
         without progress from the holder (a holder that keeps committing chunks is waited for)."""
         from filelock import Timeout
@@ -483,13 +484,17 @@ class Store:
                     f"{now - last:.0f} s (--lock-timeout {self.lock_timeout:g}); "
                     f"is another run stuck on this cache?"
                 )
-            self.notify(
-                f"feature cache: waiting for {path}, held by {self._holder(path)} "
-                f"({now - t0:.0f} s; {seen[0]} chunk(s) written; --lock-timeout "
-                f"{self.lock_timeout:g} s without progress)"
-            )
+            step = self.wait_report_every
+            if now - t0 >= quiet:
+                self.notify(
+                    f"feature cache: waiting for {path}, held by {self._holder(path)} "
+                    f"({now - t0:.0f} s; {seen[0]} chunk(s) written; --lock-timeout "
+                    f"{self.lock_timeout:g} s without progress)"
+                )
+            else:
+                step = min(step, quiet - (now - t0))
             try:
-                lock.acquire(timeout=max(0.05, min(self.wait_report_every, self.lock_timeout - (now - last))))
+                lock.acquire(timeout=max(0.05, min(step, self.lock_timeout - (now - last))))
                 return lock
             except Timeout:
                 continue
@@ -788,7 +793,9 @@ class ChunkWriter:
         """Finalise the entry once among processes: under the entry's lock, unless a manifest
         is already in place.  True when this call wrote it.  Raises OSError (and ValueError when
         ``x`` is not given and the chunks do not cover the split)."""
-        with self.store.lock(self.kind, self.key):
+        if self.is_finished():
+            return False
+        with self.store.lock(self.kind, self.key, quiet=30.0):  # another finisher: seconds
             if self.is_finished():
                 return False
             self.finish(meta, x, valid)
