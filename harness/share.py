@@ -65,7 +65,7 @@ class Share:
 
     store: Store
     wait: bool = True
-    poll: float = 0.05  # first wait between looks at the others' progress (grows to 1 s)
+    poll: float = 0.05  # first wait between looks at the others' progress (grows to 0.5 s)
     first_report: float | None = None  # report a wait after this long (default: 5 s at most)
     decoded: int = 0
 
@@ -269,7 +269,7 @@ class SharedPass:
                     f"{store.lock_timeout:g} s without progress)"
                 )
             time.sleep(delay)
-            delay = min(1.0, delay * 1.5)
+            delay = min(0.5, delay * 1.5)
 
     def _assemble(self) -> bool:
         """Read the chunks others committed (or the entry someone finalised); False when some
