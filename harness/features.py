@@ -451,7 +451,7 @@ def _loader_plan(needs: list[Need], ds: _MultiDataset, index: list[int], todo: i
     return workers, threads, on_cuda
 
 
-def _loader(ds: _MultiDataset, sampler: Any, workers: int, on_cuda: bool) -> Any:
+def _loader(ds: _MultiDataset, sampler: Any, workers: int, on_cuda: bool, prefetch: int = 4) -> Any:
     from torch.utils.data import DataLoader
 
     return DataLoader(
@@ -460,7 +460,7 @@ def _loader(ds: _MultiDataset, sampler: Any, workers: int, on_cuda: bool) -> Any
         num_workers=workers,
         pin_memory=on_cuda,
         persistent_workers=False,
-        prefetch_factor=4 if workers else None,
+        prefetch_factor=prefetch if workers else None,
         timeout=LOADER_TIMEOUT if workers else 0,
     )
 

@@ -158,7 +158,10 @@ class SharedPass:
         beat = min(5.0, self.share.store.lock_timeout / 4)
         last_beat = time.monotonic()
         with torch.inference_mode():
-            loader = _loader(ds, self._sampler(issued), workers, on_cuda)
+            # the loader asks for workers x prefetch batches ahead, and each is claimed when
+            # asked for: about one chunk ahead at most, so that the workers end close together
+            prefetch = max(1, min(4, self.rows // max(1, workers * self.batch_size)))
+            loader = _loader(ds, self._sampler(issued), workers, on_cuda, prefetch)
             for images, idx, ok in _watched(loader, issued, self.split):
                 idx = idx.numpy()
                 okb = ok.numpy().astype(bool)

@@ -159,6 +159,18 @@ def test_a_later_reader_finds_the_shared_entry_finished(images, clean, tmp_path)
     np.testing.assert_array_equal(np.asarray(f.x), clean.x)
 
 
+def test_loader_workers_with_the_lazy_claiming_sampler(images, clean, tmp_path):
+    """DataLoader worker processes ask for batches ahead: claims follow, features are the same."""
+    from harness.features import FeatureCache
+
+    _, paths = images
+    c = FeatureCache(tmp_path / "cache", chunk_rows=CHUNK, share=True)
+    f = c.features(WideModel(), indexed_split(paths), batch_size=BATCH, num_workers=2)
+    assert f.loader["workers"] == 2 and f.loader["decoded_rows"] == N_IMAGES
+    np.testing.assert_array_equal(np.asarray(f.x), clean.x)
+    assert not _leftovers(tmp_path / "cache")
+
+
 # ------------------------------------------------------------------- claims taken over
 
 
