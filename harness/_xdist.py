@@ -8,7 +8,10 @@ being its model.  Other tests are each their own scope (plain load balancing).
 With fewer models than workers (one fine-tuned checkpoint on an 8-GPU node), a model's cases
 are scoped per (model, dataset) instead, so that every worker gets work; the model then loads
 once on each worker that runs some of its datasets.  :func:`spread_by_dataset` is the rule, and
-the workers apply the same rule to plan their feature stage.
+the workers apply the same rule to plan their feature stage.  Under the same rule every worker
+also helps extract the large splits of the whole selection before its first case, the scopes
+notwithstanding (the fixtures' help pass, chunk claims in :mod:`harness.share`), so that a
+single (model, dataset) -- one checkpoint on ImageNet -- still keeps every worker busy.
 """
 
 from __future__ import annotations

@@ -8,6 +8,11 @@ per key per run; none when the run is repeated.  The store (:mod:`harness.store`
 split in checksummed chunks as extraction proceeds, so a killed run resumes; a damaged entry is
 recomputed with a warning (collected in ``FeatureCache.warnings``); a cache that cannot be
 written leaves the features in memory with a warning.
+
+``FeatureCache(share=True)`` (xdist workers with fewer models than workers) extracts a split
+together with the other processes that need it, chunk by chunk through the store's chunk
+claims, instead of one process per entry under the entry's lock (:mod:`harness.share`);
+``FeatureCache.help_many`` is a worker's help pass over a split it may never read itself.
 """
 
 from __future__ import annotations
@@ -27,10 +32,12 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 
 from harness.errors import DataError
-from harness.store import ChunkWriter, DamagedEntry, Store
+from harness.store import ChunkWriter, DamagedEntry, Store, chunk_name, read_claim
 
 if TYPE_CHECKING:
     from torch.utils.data import Dataset
+
+    from harness.share import Share
 
 log = logging.getLogger(__name__)
 
@@ -354,9 +361,12 @@ LOADER_TIMEOUT = float(os.environ.get("HARNESS_LOADER_TIMEOUT", "600"))  # secon
 
 def _watched(loader: Any, batches: list[list[int]], split) -> Any:
     """Iterate ``loader``; a worker that delivers nothing for ``LOADER_TIMEOUT`` seconds (a
-    file that blocks a read, a hung network mount) fails with the files of the batch it held."""
+    file that blocks a read, a hung network mount) fails with the files of the batch it held.
+    ``batches``: the batches in the order the loader delivers them (a lazy sampler appends to
+    it as the loader asks for them)."""
     it = iter(loader)
-    for b in range(len(batches)):
+    b = 0
+    while True:
         try:
             batch = next(it)
         except StopIteration:
@@ -364,12 +374,13 @@ def _watched(loader: Any, batches: list[list[int]], split) -> Any:
         except RuntimeError as e:
             if "timed out" not in str(e):
                 raise
-            names = [_item_name(split, i) for i in batches[b]]
+            names = [_item_name(split, i) for i in (batches[b] if b < len(batches) else [])]
             shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
             raise DataError(
                 f"{split.name}: a loader worker delivered nothing for {LOADER_TIMEOUT:g} s "
                 f"while reading {shown} (HARNESS_LOADER_TIMEOUT sets the limit)"
             ) from None
+        b += 1
         yield batch
 
 
@@ -453,42 +464,28 @@ class _Rows:
         return result
 
 
-def extract_many(
+def grid_rows(chunk_rows: int, batch_size: int) -> int:
+    """Rows per chunk of the global grid: ``chunk_rows`` rounded down to whole batches (at least
+    one batch), so that every batch starts at a multiple of ``batch_size`` however a split's
+    chunks are divided among runs or processes."""
+    return max(batch_size, (max(chunk_rows, 1) // batch_size) * batch_size)
+
+
+def _loader_plan(
     needs: list[Need],
-    split,
-    batch_size: int = 128,
-    num_workers: int | None = None,
-    progress: bool = False,
-    chunk_rows: int = 4096,
-    on_write_error: Callable[[OSError], None] | None = None,
-) -> list[Features]:
-    """Features of ``split`` for every need, from ONE pass over its images.
-
-    Each image is decoded once, each distinct preprocessing applied once, and every model run on
-    its own tensor: each need's features are bit-identical to extracting it alone (same
-    transform, same batches on the same grid).  Rows a need's writer already holds are read back,
-    not recomputed; the images decoded are the rows some need still lacks."""
+    ds: _MultiDataset,
+    index: list[int],
+    todo: int,
+    num_workers: int | None,
+    batch_size: int,
+):
+    """(DataLoader workers, model threads, pin memory) for ``todo`` rows of these needs."""
     import torch
-    from torch.utils.data import DataLoader
 
-    n = len(split)
-    if not needs:
-        return []
-    K = len(needs)
-    rows_ = _Rows(needs, split, on_write_error)
-    lacks = rows_.lacks
-    rows = max(batch_size, (max(chunk_rows, 1) // batch_size) * batch_size)
-    plan = _chunk_plan(_missing_ranges(n, _ranges(~np.any(np.stack(lacks), axis=0))), rows)
-    batches = [list(range(s, min(s + batch_size, e))) for a, e in plan for s in range(a, e, batch_size)]
-
-    pres, index = _preprocess_groups(needs)
-    ds = _MultiDataset(split, [p.transform() for p in pres], [p.size for p in pres])
     devices = {str(nd.model.device) for nd in needs}
     on_cpu = devices == {"cpu"}
     on_cuda = any(d.startswith("cuda") for d in devices)
-    threads_before = torch.get_num_threads()
-    threads = threads_before
-    todo = sum(len(b) for b in batches)
+    threads = torch.get_num_threads()
     if not todo:
         workers = 0
     elif num_workers is None and on_cpu and todo >= 512:
@@ -497,44 +494,103 @@ def extract_many(
         workers = _num_workers(todo, num_workers)
         if on_cpu and workers:
             threads = max(1, _cpus() - workers)
-    bar = None
-    if progress and todo:
-        from tqdm import tqdm
+    return workers, threads, on_cuda
 
-        names = ",".join(dict.fromkeys(str(nd.model.id) for nd in needs))
-        bar = tqdm(
-            total=n,
-            initial=min(rows_.resumed),
-            unit="img",
-            desc=f"features {names}/{split.name}",
-            leave=False,
-            dynamic_ncols=True,
-            **_tqdm_kwargs(),
-        )
+
+def _loader(ds: _MultiDataset, sampler: Any, workers: int, on_cuda: bool, prefetch: int = 4) -> Any:
+    from torch.utils.data import DataLoader
+
+    return DataLoader(
+        cast("Dataset[Any]", ds),  # a map-style dataset (__len__, __getitem__)
+        batch_sampler=sampler,
+        num_workers=workers,
+        pin_memory=on_cuda,
+        persistent_workers=False,
+        prefetch_factor=prefetch if workers else None,
+        timeout=LOADER_TIMEOUT if workers else 0,
+    )
+
+
+def _encode(nd: Need, x: Any) -> np.ndarray:
+    """One batch through one need's model (flip: f(x) + f(flip x)), as float32 on the host."""
+    return encode_fused(nd.model, x, nd.flip).float().cpu().numpy()
+
+
+def _bar(progress: bool, todo: int, needs: list[Need], split, initial: int) -> Any:
+    if not (progress and todo):
+        return None
+    from tqdm import tqdm
+
+    names = ",".join(dict.fromkeys(str(nd.model.id) for nd in needs))
+    return tqdm(
+        total=len(split),
+        initial=initial,
+        unit="img",
+        desc=f"features {names}/{split.name}",
+        leave=False,
+        dynamic_ncols=True,
+        **_tqdm_kwargs(),
+    )
+
+
+def extract_many(
+    needs: list[Need],
+    split,
+    batch_size: int = 128,
+    num_workers: int | None = None,
+    progress: bool = False,
+    chunk_rows: int = 4096,
+    on_write_error: Callable[[OSError], None] | None = None,
+    share: Share | None = None,
+) -> list[Features]:
+    """Features of ``split`` for every need, from ONE pass over its images.
+
+    Each image is decoded once, each distinct preprocessing applied once, and every model run on
+    its own tensor: each need's features are bit-identical to extracting it alone (same
+    transform, same batches on the same grid).  Rows a need's writer already holds are read back,
+    not recomputed; the images decoded are the rows some need still lacks.
+
+    ``share``: the split is extracted together with other processes, chunk by chunk
+    (:class:`Share`); every need must then have a writer (else the split is extracted here
+    alone, as without ``share``)."""
+    import torch
+
+    n = len(split)
+    if not needs:
+        return []
+    if share is not None and all(nd.writer is not None for nd in needs):
+        from harness.share import SharedPass
+
+        return SharedPass(
+            needs, split, batch_size, num_workers, progress, chunk_rows, on_write_error, share
+        ).run()
+    K = len(needs)
+    rows_ = _Rows(needs, split, on_write_error)
+    lacks = rows_.lacks
+    rows = grid_rows(chunk_rows, batch_size)
+    plan = _chunk_plan(_missing_ranges(n, _ranges(~np.any(np.stack(lacks), axis=0))), rows)
+    batches = [list(range(s, min(s + batch_size, e))) for a, e in plan for s in range(a, e, batch_size)]
+
+    pres, index = _preprocess_groups(needs)
+    ds = _MultiDataset(split, [p.transform() for p in pres], [p.size for p in pres])
+    threads_before = torch.get_num_threads()
+    todo = sum(len(b) for b in batches)
+    workers, threads, on_cuda = _loader_plan(needs, ds, index, todo, num_workers, batch_size)
+    bar = _bar(progress, todo, needs, split, min(rows_.resumed))
 
     t0 = time.perf_counter()
     torch.set_num_threads(threads)
     try:
         if batches:
-            loader: Any = DataLoader(
-                cast("Dataset[Any]", ds),  # a map-style dataset (__len__, __getitem__)
-                batch_sampler=batches,
-                num_workers=workers,
-                pin_memory=on_cuda,
-                persistent_workers=False,
-                prefetch_factor=4 if workers else None,
-                timeout=LOADER_TIMEOUT if workers else 0,
-            )
             ci = 0
             with torch.inference_mode():
-                for images, idx, ok in _watched(loader, batches, split):
+                for images, idx, ok in _watched(_loader(ds, batches, workers, on_cuda), batches, split):
                     idx = idx.numpy()
                     okb = ok.numpy().astype(bool)
                     for k, (nd, j) in enumerate(zip(needs, index)):
                         if not lacks[k][idx[0]]:
                             continue  # this need's chunk was resumed from the store
-                        f = encode_fused(nd.model, images[j], nd.flip)
-                        rows_.put(k, idx, f.float().cpu().numpy(), okb)
+                        rows_.put(k, idx, _encode(nd, images[j]), okb)
                     if bar is not None:
                         bar.update(len(idx))
                     while ci < len(plan) and idx[-1] + 1 >= plan[ci][1]:
@@ -599,11 +655,18 @@ class FeatureCache:
         lock_timeout: float = 300.0,
         chunk_rows: int = 4096,
         memory_entries: int | None = None,
+        share: bool = False,
+        refresh_before: float | None = None,
     ):
         from harness import fileid
 
         self.root = Path(root)
         self.refresh = refresh
+        # extract together with other processes, chunk by chunk (Share), instead of one process
+        # per entry under its lock; with refresh, what was written before refresh_before is stale
+        self.share = share
+        self.refresh_before = refresh_before if refresh_before is not None else time.time()
+        self.decoded_rows = 0  # images this process decoded (all extractions)
         self.warnings: list[str] = []
         self._refreshed: set[str] = set()
         self._memory: OrderedDict[str, Any] = OrderedDict()
@@ -681,6 +744,34 @@ class FeatureCache:
         self._remember(key, f)
         return f
 
+    def ready(self, model, split, flip: bool = False) -> bool:
+        """Whether a finished entry is in place (its manifest only: a cheap look for the help
+        pass; the arrays are checked when read)."""
+        key = self.key(model, split, flip)
+        if self._forced(key):
+            return False
+        return key in self._memory or self.store.open_writer(key, len(split)).is_finished()
+
+    def claimable(self, model, split, flip: bool = False, batch_size: int = 128) -> bool:
+        """Whether some chunk of the split is neither committed nor claimed by a live process
+        (a help pass builds no model for a split that others have entirely in hand)."""
+        key = self.key(model, split, flip)
+        if self._forced(key):
+            return True  # what is there is to be recomputed
+        w = self.store.open_writer(key, len(split))
+        records, claims = w.listing()
+        for a, e in _chunk_plan([(0, len(split))], grid_rows(self.chunk_rows, batch_size)):
+            name = chunk_name(a, e)
+            if name in records:
+                continue
+            try:
+                info = read_claim(claims[name]) if name in claims else None
+            except OSError:
+                info = None
+            if info is None or info.stale(self.store.lock_timeout):
+                return True
+        return False
+
     def cached(self, model, split, flip: bool = False) -> bool:
         """Whether the features are in the cache (memory or a complete, intact entry)."""
         key = self.key(model, split, flip)
@@ -715,7 +806,9 @@ class FeatureCache:
             if key not in keys[:i]:
                 out[i] = self._read(key, split)
         todo = [i for i, f in enumerate(out) if f is None and keys[i] not in keys[:i]]
-        if todo:
+        if todo and self.share and extractor is None:
+            self._shared(requests, split, keys, todo, out, batch_size, num_workers, progress, wait=True)
+        elif todo:
             with contextlib.ExitStack() as locks:
                 for key in sorted({keys[i] for i in todo}):
                     locks.enter_context(self.store.lock("features", key))
@@ -751,6 +844,7 @@ class FeatureCache:
                         self.chunk_rows,
                         self.store.write_failed,
                     )
+                    self.decoded_rows += max((int(f.loader.get("decoded_rows", 0)) for f in got), default=0)
                     for i, f in zip(which, got):
                         f.key = keys[i]
                         self._remember(keys[i], f)
@@ -759,6 +853,73 @@ class FeatureCache:
             if out[i] is None:
                 out[i] = out[keys.index(key)]
         return out  # type: ignore[return-value]
+
+    def help_many(
+        self,
+        requests: list[tuple[Any, bool]],
+        split,
+        batch_size: int = 128,
+        num_workers: int | None = None,
+        progress: bool = False,
+    ) -> int:
+        """A help pass (:class:`Share`, ``wait=False``): decode the chunks of ``split`` that no
+        other process has claimed, for every (model, flip) not cached, commit them, finalise the
+        entries they complete, and return without waiting for the rest.  The rows decoded."""
+        keys = [self.key(m, split, flip) for m, flip in requests]
+        out: list[Features | None] = [None] * len(requests)
+        todo = [
+            i
+            for i, key in enumerate(keys)
+            if key not in keys[:i] and not self.ready(requests[i][0], split, requests[i][1])
+        ]
+        return self._shared(requests, split, keys, todo, out, batch_size, num_workers, progress, wait=False)
+
+    def _shared(self, requests, split, keys, todo, out, batch_size, num_workers, progress, wait: bool) -> int:
+        """Extract ``todo`` together with other processes (chunk claims); fills ``out`` when
+        ``wait``.  The rows this process decoded."""
+        needs, which = [], []
+        for i in todo:
+            key = keys[i]
+            if self._forced(key):  # --refresh-features: what this run's processes wrote stays
+                with self.store.lock("features", key, quiet=30.0):
+                    self.store.discard("features", key, older_than=self.refresh_before)
+                self._refreshed.add(key)
+            if wait:
+                out[i] = self._read(key, split)
+                if out[i] is not None:
+                    continue
+            writer = None
+            if self.store.writable():
+                writer = self.store.open_writer(key, len(split))
+                try:
+                    writer.chunk_dir.mkdir(parents=True, exist_ok=True)
+                except OSError as e:
+                    self.store.write_failed(e)
+                    writer = None
+            if writer is None and not wait:
+                continue  # nothing to share through an unwritable cache
+            m, flip = requests[i]
+            needs.append(Need(m, flip, writer))
+            which.append(i)
+        if not needs:
+            return 0
+        from harness.share import Share
+
+        share = Share(self.store, wait=wait)
+        got = extract_many(
+            needs, split, batch_size, num_workers, progress, self.chunk_rows, self.store.write_failed, share
+        )
+        if all(nd.writer is not None for nd in needs):
+            decoded = share.decoded
+        else:  # extracted alone (unwritable cache)
+            decoded = max((int(f.loader.get("decoded_rows", 0)) for f in got), default=0)
+        self.decoded_rows += decoded
+        self.extractions += 1 if decoded else 0
+        for i, f in zip(which, got):
+            f.key = keys[i]
+            self._remember(keys[i], f)
+            out[i] = f
+        return decoded
 
     def text_classifier(
         self, model, classnames: list[str], templates: list, build: Callable[[], np.ndarray]

@@ -20,6 +20,7 @@ import datetime as _dt
 import os
 import subprocess
 import sys
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -77,6 +78,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="SECONDS",
         help="give up waiting for another run's feature-cache lock after SECONDS without "
         "progress (default: 300)",
+    )
+    g.addoption(
+        "--chunk-rows",
+        type=int,
+        default=2048,
+        metavar="N",
+        help="rows per committed chunk of a split in the feature cache, rounded down to whole "
+        "batches: the unit of resuming and of sharing a split among xdist workers (default: 2048)",
+    )
+    g.addoption(
+        "--no-split-sharing",
+        action="store_true",
+        default=False,
+        help="under -n N with fewer models than workers, do not let every worker help extract "
+        "the large splits (each split is then extracted by the worker that runs its cases)",
     )
     g.addoption(
         "--device",
@@ -263,6 +279,7 @@ class HarnessSession:
         self._report: str | None = None  # report.md's text, made once at session finish
         self.store: ResultStore | None = None
         self.started = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+        self.started_epoch = time.time()  # workers: --refresh-features spares what this run wrote
         self.cache_dir = feature_cache_dir(config)
         # The embedded demo builds its models and data here on first use: ${HARNESS_DEMO} in a
         # suite, unless the environment sets it (not written to os.environ, so that processes
@@ -307,6 +324,22 @@ class HarnessSession:
         node.workerinput["harness_results_dir"] = str(self.results_dir or "")
         node.workerinput["harness_scores_root"] = str(self.scores_root or "")
         node.workerinput["harness_baseline"] = output.encode_baseline(self.baseline_metrics)
+        node.workerinput["harness_started"] = self.started_epoch
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node, error) -> None:
+        """A worker's feature-stage figures (rows decoded, seconds) and the models it built
+        outside any case (helping with other workers' splits) go into results.json."""
+        out = getattr(node, "workeroutput", None) or {}
+        stage = out.get("harness_stage")
+        if not stage or self.config.option.collectonly:
+            return
+        store = self._ensure_store()
+        for mid in stage.get("model_loads", []):
+            store.count_load(str(mid))
+        wid = str(getattr(node, "workerinput", {}).get("workerid", getattr(node.gateway, "id", "?")))
+        figures = {k: v for k, v in stage.items() if k != "model_loads"}
+        store.run.setdefault("feature_stage", {})[wid] = figures
 
     # ------------------------------------------------------------------ the suite
     @property

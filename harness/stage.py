@@ -6,6 +6,8 @@ flip), in suite order.  The harness runs each group with
 :meth:`harness.features.FeatureCache.features_many`: each image is decoded once for every model
 that needs it, models with the same preprocessing share the resize, and every model's features
 are committed chunk by chunk to its own cache entry.  The cases then read from the cache.
+Under ``pytest -n N`` with fewer models than workers every worker computes the plan of the
+whole selection and helps with its large splits first (:mod:`harness.share`).
 """
 
 from __future__ import annotations

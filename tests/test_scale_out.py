@@ -6,7 +6,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from test_plugin import assets, suite_text  # noqa: F401  (module fixture and suite)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -129,3 +128,75 @@ def test_fewer_models_than_workers_spreads_a_models_datasets(run, pytester):
     assert res.ret == 0, res.stdout.str()[-2000:]
     assert data["run"]["model_loads"] == {"alpha": 2}  # one load on each worker
     assert metrics(data) == metrics(ref) and len(metrics(data)) == 4
+
+
+# A barrier at each process's first decoded image: the first worker to claim a chunk waits
+# there until the other worker has claimed (and starts decoding) another one, so that both
+# decode rows whatever their start-up times; then every image costs 10 ms.
+BARRIER = """
+import os, time
+import harness.features as hf
+
+_real = hf._MultiDataset.__getitem__
+_first = [True]
+
+def _slow(self, i):
+    if _first[0]:
+        _first[0] = False
+        d = os.environ["SPLIT_BARRIER"]
+        open(os.path.join(d, str(os.getpid())), "w").close()
+        t0 = time.monotonic()
+        while len(os.listdir(d)) < 2 and time.monotonic() - t0 < 60:
+            time.sleep(0.01)
+    time.sleep(0.01)
+    return _real(self, i)
+
+hf._MultiDataset.__getitem__ = _slow
+"""
+
+
+def _one_model_one_dataset(pytester):
+    text = (pytester.path / "suite.toml").read_text()
+    suite = text.split("[models.beta]")[0] + "\n[datasets" + text.split("[datasets", 1)[1]
+    suite = suite.split("[datasets.digits2]")[0]
+    (pytester.path / "suite.toml").write_text(suite)
+
+
+def test_one_model_one_dataset_split_is_shared_by_the_workers(run, pytester, monkeypatch):
+    """One model, one dataset, -n 2: the scheduler gives every case to one worker, yet both
+    workers decode rows of its splits (chunk claims), each row once, with the numbers of a
+    single-process run."""
+    pytest.importorskip("xdist")
+    _one_model_one_dataset(pytester)
+    small = ("--batch-size", "4", "--chunk-rows", "8")  # train 40 rows = 5 chunks, test 30 = 4
+    _, ref = run(*small, out="single")
+    assert len(metrics(ref)) == 2
+    (pytester.path / "conftest.py").write_text(BARRIER)
+    barrier = pytester.path / "barrier"
+    barrier.mkdir()
+    monkeypatch.setenv("SPLIT_BARRIER", str(barrier))
+    res, data = run("-n", "2", *small, "--refresh-features", out="xdist", subprocess=True)
+    assert res.ret == 0, res.stdout.str()[-3000:]
+    assert metrics(data) == metrics(ref)
+    stage = data["run"]["feature_stage"]
+    assert set(stage) == {"gw0", "gw1"} and all(w["shared"] for w in stage.values())
+    decoded = [w["decoded_rows"] for w in stage.values()]
+    assert all(d > 0 for d in decoded) and sum(decoded) == 40 + 30, stage  # each row once
+    assert data["run"]["model_loads"] == {"alpha": 2}  # one build per helping worker
+    cache = pytester.path / "cache" / "features"
+    assert not list(cache.rglob("*.claim")) and not list(cache.rglob("*.tmp"))
+    assert not list(cache.rglob("chunks"))  # every shared entry finished
+
+
+def test_as_many_models_as_workers_changes_nothing(run, pytester, monkeypatch):
+    """Two models, -n 2: each worker runs one model's cases and extracts its splits alone, as
+    before (no help pass, no extra model build), even with splits of several chunks."""
+    pytest.importorskip("xdist")
+    small = ("--batch-size", "4", "--chunk-rows", "8")
+    res, data = run("-n", "2", *small, out="xdist", subprocess=True)
+    assert res.ret == 0, res.stdout.str()[-3000:]
+    assert data["run"]["model_loads"] == {"alpha": 1, "beta": 1}
+    stage = data["run"]["feature_stage"]
+    assert not any(w["shared"] for w in stage.values()) and not any(w["help_seconds"] for w in stage.values())
+    # digits 40 + 30 and digits2 30 + 20 rows, once per model
+    assert sorted(w["decoded_rows"] for w in stage.values()) == [120, 120], stage
