@@ -557,7 +557,8 @@ def lbfgs(
     iterations.  ``memory`` may hold pairs from an earlier fit on the same data (it is shifted
     to ``obj.lam``).  ``z0``: the logits at ``x0``, if known.  The logits are recomputed from
     scratch every ``refresh`` iterations so that the running ``Z + t U`` updates cannot drift.
-    Returns ``(x, info)``; the logits at ``x`` are left in ``obj.logits`` (cache mode).
+    Returns ``(x, info)`` (``info``: ``n_iter``, ``n_trials``, ``converged``, ``max_grad`` at
+    ``x``, ``solver``); the logits at ``x`` are left in ``obj.logits`` (cache mode).
     """
     x = x0.clone()
     memory.shift(obj.lam, obj.penalty_mask)
@@ -612,7 +613,8 @@ def lbfgs(
         if (f_old - f) <= ftol * max(abs(f_old), abs(f), 1.0):
             converged = _max_abs(g) <= tol
             break
-    return x, {"n_iter": n_iter, "n_trials": n_trials, "converged": converged, "solver": "lbfgs"}
+    info = {"n_iter": n_iter, "n_trials": n_trials, "converged": converged, "max_grad": _max_abs(g)}
+    return x, {**info, "solver": "lbfgs"}
 
 
 def newton(
@@ -676,4 +678,5 @@ def newton(
         if (f_old - f) <= ftol * max(abs(f_old), abs(f), 1.0):
             converged = _max_abs(g) <= tol
             break
-    return x, {"n_iter": n_iter, "n_trials": n_trials, "converged": converged, "solver": "newton"}
+    info = {"n_iter": n_iter, "n_trials": n_trials, "converged": converged, "max_grad": _max_abs(g)}
+    return x, {**info, "solver": "newton"}
