@@ -9,18 +9,17 @@ Two variants (``variant=``, the suite's ``probe`` option):
 ``"clip"`` (default) -- the CLIP paper's probe (Radford et al. 2021, appendix A.3): multinomial
 logistic regression with an L2 penalty on the weights (not on the bias), in scikit-learn's
 convention ``min 0.5 * ||W||^2 + C * sum_i CE_i`` so that ``C`` means what it means to
-``sklearn.linear_model.LogisticRegression`` (with two classes too: see "Fidelity").  The solvers live in :mod:`harness.optim`, chosen by
-size (:func:`harness.optim.choose_solver`): Newton with the exact Hessian for at most
-``optim.NEWTON_MAX_PARAMS`` parameters ``(d + 1) * K`` (0: measured, the preconditioned L-BFGS
-was faster at every size tried), else full-batch L-BFGS preconditioned by a Kronecker-factored
-Hessian approximation (memory 10, strong-Wolfe line search); both run at most ``max_iter`` iterations and
-stop when the largest gradient entry of the per-sample-averaged objective is ``<= tol`` --
-scikit-learn's lbfgs criterion -- in torch: float32 tensors (values and reductions accumulated in
-float64), on ``device``; the refit of a small problem then goes on in float64 (see "Fidelity").
-``C`` is
-searched on the validation split over ``logspace(-6, 6, 97)`` (8 steps per decade): the coarse
-grid 1e-6, 1e-4, ..., 1e6, then a binary refinement (half-widths of 8, 4, 2, 1 grid steps
-around the best so far).  The chosen ``C`` is refit on train + validation and scored on test.
+``sklearn.linear_model.LogisticRegression`` (with two classes too: see "Fidelity").  The
+solvers live in :mod:`harness.optim`, chosen by size (:func:`harness.optim.choose_solver`):
+Newton with the exact Hessian for at most ``optim.NEWTON_MAX_PARAMS`` parameters ``(d + 1) * K``
+(0: measured, the preconditioned L-BFGS was faster at every size tried), else full-batch L-BFGS
+preconditioned by a Kronecker-factored Hessian approximation (memory 10, strong-Wolfe line
+search); both run at most ``max_iter`` iterations and stop when the largest gradient entry of
+the per-sample-averaged objective is ``<= tol`` -- scikit-learn's lbfgs criterion -- in torch:
+float32 tensors (values and reductions accumulated in float64), on ``device``; the refit of a
+small problem then goes on in float64 (see "Fidelity").  ``C`` is searched on the validation
+split over ``logspace(-6, 6, 97)`` (8 steps per decade): the coarse grid 1e-6, 1e-4, ..., 1e6,
+then a binary refinement (half-widths of 8, 4, 2, 1 grid steps around the best so far).  The chosen ``C`` is refit on train + validation and scored on test.
 Ties in validation accuracy keep the incumbent; on the coarse grid, the smaller ``C``.
 
 What makes it fast (same minimiser, the search's fits stop at scikit-learn's criterion; only the
@@ -48,9 +47,11 @@ float32 cannot get much closer (``max|grad|`` stalls near 1e-6).  So the search'
 ``n * (d + 1) * k <= _POLISH_LIMIT`` the refit continues in float64 to ``max|grad| <=
 refit_tol`` (1e-8; a float64 copy of the labelled features, at most 128 MiB by the limit):
 then its objective is within 1e-6 (measured: 1e-7 or better) of the converged reference's and
-its test predictions are the reference's (``test_accuracy_equals_converged_sklearn_at_the_chosen_C``;
-0.3-0.7 s more for a 48,000 x 32 x 10 problem).  Larger refits stop at ``tol`` in float32 (the
-48,000 x 32 x 10 refit did so at 1e-6 of the optimal objective, 0.02 point off).  Two classes:
+its test predictions are the reference's (tested:
+``test_accuracy_equals_converged_sklearn_at_the_chosen_C``; 0.3-0.7 s more for a 48,000 x 32 x
+10 problem).  Larger refits stop at ``tol`` in float32 (large problems are better determined:
+without the float64 stage the 48,000 x 32 x 10 refit was 1e-6 above the optimal objective and
+0.02 point off).  Two classes:
 scikit-learn fits one binomial model, whose ``||w||^2`` at the same logit differences is twice
 the multinomial ``||W||^2`` (``W = [-w/2, w/2]`` at the optimum), so the probe doubles its penalty
 when two classes are present; ``C`` then means what it means there (a multinomial fit at ``C``
@@ -65,12 +66,13 @@ arrays; memory-mapped arrays stay mapped) and standardises each chunk as it goes
 rounding; a search 5-10 % slower than on the copy at 100,000 x 256 x 100 classes on one
 thread, none measurable at 1,000 classes); the mean and deviation come from two chunked
 passes.  Below that, and on GPU (the features go to the device anyway), the labelled features
-are copied once, standardised, in row chunks from the caller's arrays.  Where ``n x K`` logits would exceed 256 MB
-the objective works in row chunks of 4,096 samples and validation accuracies are counted chunk
-by chunk, so no ``n x K`` tensor is alive: the peak is the features plus ``O(chunk x (d + K))``
-per search chain plus ``O((d + 1) K)`` per stored solution and curvature pair (measured at
-200,000 x 512 features, 1,000 classes: the features plus 568 MB, against 1,005 MB with the
-copy).  (The test logits, ``n_test x K``, are made whole for the metrics.)
+are copied once, standardised, in row chunks from the caller's arrays.  Where ``n x K`` logits
+would exceed 256 MB the objective works in row chunks of 4,096 samples and validation
+accuracies are counted chunk by chunk, so no ``n x K`` tensor is alive: the peak is the
+features plus ``O(chunk x (d + K))`` per search chain plus ``O((d + 1) K)`` per stored solution
+and curvature pair (measured at 200,000 x 512 features, 1,000 classes: the features plus
+568 MB, against 1,005 MB with the copy).  (The test logits, ``n_test x K``, are made whole for
+the metrics.)
 
 Features: standardised per dimension with the mean and standard deviation of the labelled data
 (train plus validation; never test) -- the paper used raw features; standardising only rescales
@@ -369,8 +371,8 @@ def fit_logistic(
 
     Same problem and stopping rule as ``LogisticRegression(C=C, solver="lbfgs", tol=tol,
     max_iter=max_iter)`` on the features as given (no standardisation here; two classes: the
-    binomial model's ``C``, see the module's "Fidelity"), in float32 (no float64 continuation).  Returns
-    ``(weight [D, K], bias [K], info)`` (float32; ``logits = x @ weight + bias``); classes
+    binomial model's ``C``, see the module's "Fidelity"), in float32 (no float64 continuation).
+    Returns ``(weight [D, K], bias [K], info)`` (float32; ``logits = x @ weight + bias``); classes
     without training samples get a bias of ``-inf``.  ``info``: ``n_iter`` (iterations),
     ``n_trials`` (line-search trial steps), ``converged`` (``max|grad| <= tol`` reached),
     ``solver``.  ``solver``: ``"newton"`` or ``"lbfgs"`` (default: chosen by size, see
