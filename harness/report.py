@@ -408,7 +408,8 @@ def summary_table(
         base = baselines[m]
         row = [_esc(models[m]), _esc(models.get(str(base), str(base)))]
         for p in bio:
-            row.append(_pts(delta(mats[p], m, base)))
+            d = delta(mats[p], m, base)
+            row.append(MARKS["n/r"] if d is None and _unresolved(records, p, (m, str(base))) else _pts(d))
         for p in gen:
             g = gelo(mats[p], m, str(base))
             row.append("–" if g is None else f"{g:.3f}")
@@ -419,6 +420,20 @@ def summary_table(
         + [f"{p} GELO ↑" for p in gen]
     )
     return _table(headers, rows)
+
+
+def _unresolved(records: list[CaseRecord], protocol: str, models: tuple[str, ...]) -> bool:
+    """Whether a passed case of ``protocol`` for one of ``models`` has its headline metric but
+    the data cannot resolve it (a Δ is then missing for that reason, not for a failure)."""
+    h = headline(protocol)
+    return any(
+        r.protocol == protocol
+        and r.model in models
+        and r.status == "passed"
+        and h in r.metrics
+        and not resolvable(r, h)
+        for r in records
+    )
 
 
 def _passed_matrix(records: list[CaseRecord], protocol: str) -> dict[str, dict[str, float]]:
@@ -433,7 +448,9 @@ SUMMARY_CAPTION = (
     "have (in-domain for the task the model was tuned for, cross-task for the "
     "others; the arrow says which direction is better: a negative Δ on a ↓ metric "
     "is a gain). GELO: general-vision mean relative to the base model (1.000 = no "
-    "loss). – : no passed case to compare. Passed cases only."
+    "loss). – : no passed case to compare. n/r: the headline's operating point is not "
+    "resolvable by the data (FAR target < 1 / impostor pairs; the protocol's table has the "
+    "other metrics). Passed cases only."
 )
 
 

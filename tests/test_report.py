@@ -291,3 +291,22 @@ def test_merge_bad_input_is_one_line(tmp_path, capsys):
 
 def test_rundata_is_plain():
     assert RunData.__dataclass_fields__.keys() >= {"path", "run", "records"}
+
+
+def test_summary_table_says_n_r_where_the_headline_is_not_resolvable():
+    """The demo's IJB (258 impostor pairs) cannot resolve TAR@FAR=1e-4: its Δ cell says n/r, not
+    the "–" that means no passed case."""
+    h = "tar@far=1e-4"
+    recs = [R("base", "ijb", "ijb", **{h: 0.2}), R("ft", "ijb", "ijb", **{h: 0.3}),
+            R("base", "f", "verification", accuracy=0.6)]
+    for r in recs[:2]:
+        r.details = {h: {"resolvable": False}}
+    t = summary_table(recs, {"base": "Base", "ft": "FT"}, {"base": None, "ft": "base"})
+    assert rows(t)["FT"] == ["Base", "–", "n/r"]  # verification: no passed case of FT; ijb: n/r
+    recs[1].details = {}   # resolvable for the fine-tuned model, but not for its base
+    recs[0].details = {h: {"resolvable": False}}
+    t = summary_table(recs, {"base": "Base", "ft": "FT"}, {"base": None, "ft": "base"})
+    assert "n/r" in rows(t)["FT"]
+    recs[0].details = {}   # both resolvable: a number
+    t = summary_table(recs, {"base": "Base", "ft": "FT"}, {"base": None, "ft": "base"})
+    assert "+10.00" in rows(t)["FT"]
