@@ -822,14 +822,7 @@ class FeatureCache:
                         out[i] = self._read(key, split)
                         if out[i] is not None:
                             continue
-                    writer = None
-                    if self.store.writable():
-                        writer = self.store.open_writer(key, len(split))
-                        try:
-                            writer.chunk_dir.mkdir(parents=True, exist_ok=True)
-                        except OSError as e:
-                            self.store.write_failed(e)
-                            writer = None
+                    writer = self._writer(key, split)
                     m, flip = requests[i]
                     needs.append(Need(m, flip, writer))
                     which.append(i)
@@ -853,6 +846,19 @@ class FeatureCache:
             if out[i] is None:
                 out[i] = out[keys.index(key)]
         return out  # type: ignore[return-value]
+
+    def _writer(self, key: str, split) -> ChunkWriter | None:
+        """A chunk writer for ``key``'s entry, or None where the cache cannot be written (the
+        pass then runs in memory; :meth:`Store.write_failed` says so once)."""
+        if not self.store.writable():
+            return None
+        writer = self.store.open_writer(key, len(split))
+        try:
+            writer.chunk_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            self.store.write_failed(e)
+            return None
+        return writer
 
     def help_many(
         self,
@@ -888,14 +894,7 @@ class FeatureCache:
                 out[i] = self._read(key, split)
                 if out[i] is not None:
                     continue
-            writer = None
-            if self.store.writable():
-                writer = self.store.open_writer(key, len(split))
-                try:
-                    writer.chunk_dir.mkdir(parents=True, exist_ok=True)
-                except OSError as e:
-                    self.store.write_failed(e)
-                    writer = None
+            writer = self._writer(key, split)
             if writer is None and not wait:
                 continue  # nothing to share through an unwritable cache
             m, flip = requests[i]
